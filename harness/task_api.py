@@ -1,0 +1,87 @@
+"""The contract every task follows: a length-parameterised, explicitly seeded batch generator
+plus its loss, score, chance score and memoryless loss.
+
+Tasks never touch global random state: every batch is drawn from the ``torch.Generator`` passed
+in, on the device the model trains on.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from harness.errors import HarnessError
+
+
+@dataclass
+class Batch:
+    """Inputs ``(batch, length, input_size)`` and targets; ``mask`` marks the scored positions
+    of per-position targets (``None`` for tasks scored at the last step only)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+
+class Task(ABC):
+    """Base class for tasks. Subclasses set the class attributes and implement the abstract methods."""
+
+    name: ClassVar[str]
+    input_size: ClassVar[int]
+    output_size: ClassVar[int]
+    readout: ClassVar[str]  # "sequence": outputs (batch, length, output_size); "last": (batch, output_size)
+    default_lengths: ClassVar[tuple[int, ...]] = (10, 20, 50, 100)
+    min_length: ClassVar[int] = 1
+
+    def __init__(self, length: int) -> None:
+        if isinstance(length, bool) or not isinstance(length, int) or length < self.min_length:
+            raise HarnessError(f"task '{self.name}': dependency length must be an integer "
+                               f">= {self.min_length}, got {length!r}")
+        self.length = length
+
+    @property
+    @abstractmethod
+    def sequence_length(self) -> int:
+        """Number of time steps of a generated input sequence."""
+
+    @abstractmethod
+    def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """Draw a batch on ``generator.device`` using only ``generator`` for randomness."""
+
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Mean training loss (a scalar tensor)."""
+
+    @abstractmethod
+    def score(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Mean score in [0, 1] (a scalar tensor)."""
+
+    @property
+    @abstractmethod
+    def chance_score(self) -> float:
+        """Expected score of the best predictor that ignores the inputs."""
+
+    @property
+    @abstractmethod
+    def memoryless_loss(self) -> float:
+        """Expected loss of the best predictor with no memory of earlier inputs."""
+
+    @abstractmethod
+    def memoryless_outputs(self, batch: Batch) -> torch.Tensor:
+        """Outputs of the optimal memoryless predictor, so that its loss can be checked empirically."""
+
+    def describe(self) -> dict[str, object]:
+        """Facts recorded with every result row."""
+        return {
+            "task": self.name,
+            "length": self.length,
+            "sequence_length": self.sequence_length,
+            "chance_score": self.chance_score,
+            "memoryless_loss": self.memoryless_loss,
+        }

@@ -1,0 +1,1 @@
+"""Built-in model plugins, installed as ``harness.plugins`` (the repository keeps them in ``plugins/``)."""

@@ -1,0 +1,70 @@
+"""Peephole LSTM and CIFG cells (equations in SPEC §3), both on :class:`harness.cells.CellLoop`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from harness.cells import CellLoop, GatedCell, State
+
+
+class PeepholeLSTMCell(GatedCell):
+    """LSTM cell, gates i, f, g, o; with ``peepholes`` the gates also see the cell state:
+    i and f see c_{t-1}, o sees the new c_t. Without peepholes it is exactly ``torch.nn.LSTM``."""
+
+    num_gates = 4
+    state_size = 2
+
+    def __init__(self, input_size: int, hidden_size: int, peepholes: bool = True,
+                 forget_bias: float = 1.0) -> None:
+        self.peepholes = peepholes
+        super().__init__(input_size, hidden_size)
+        if peepholes:
+            bound = 1.0 / math.sqrt(hidden_size)
+            self.peephole_weights = nn.Parameter(torch.empty(3, hidden_size).uniform_(-bound, bound))
+        with torch.no_grad():
+            self.bias_ih[self.gate_slice(1)] = forget_bias
+            self.bias_hh[self.gate_slice(1)] = 0.0
+
+    def step(self, gates: torch.Tensor, state: State) -> State:
+        _, c = state
+        gi, gf, gg, go = gates.chunk(4, dim=1)
+        if self.peepholes:
+            p_i, p_f, p_o = self.peephole_weights
+            gi = torch.addcmul(gi, p_i, c)
+            gf = torch.addcmul(gf, p_f, c)
+        c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
+        if self.peepholes:
+            go = torch.addcmul(go, p_o, c)
+        return torch.sigmoid(go) * torch.tanh(c), c
+
+
+class CIFGCell(GatedCell):
+    """Coupled input-forget gate LSTM cell: gates i, g, o and f = 1 - i."""
+
+    num_gates = 3
+    state_size = 2
+
+    def __init__(self, input_size: int, hidden_size: int, input_bias: float = -1.0) -> None:
+        super().__init__(input_size, hidden_size)
+        with torch.no_grad():
+            self.bias_ih[self.gate_slice(0)] = input_bias
+            self.bias_hh[self.gate_slice(0)] = 0.0
+
+    def step(self, gates: torch.Tensor, state: State) -> State:
+        _, c = state
+        gi, gg, go = gates.chunk(3, dim=1)
+        i = torch.sigmoid(gi)
+        c = torch.lerp(c, torch.tanh(gg), i)  # (1 - i) * c + i * g
+        return torch.sigmoid(go) * torch.tanh(c), c
+
+
+def build_peephole(input_size: int, hidden_size: int = 128, peepholes: bool = True,
+                   forget_bias: float = 1.0) -> CellLoop:
+    return CellLoop(PeepholeLSTMCell(input_size, hidden_size, peepholes, forget_bias))
+
+
+def build_cifg(input_size: int, hidden_size: int = 128, input_bias: float = -1.0) -> CellLoop:
+    return CellLoop(CIFGCell(input_size, hidden_size, input_bias))

@@ -1,0 +1,13 @@
+"""Built-in plugin: LSTM variants with no fused kernel, written on the shared cell loop."""
+
+from harness import hookimpl
+
+_IMPL = "harness.plugins.gated_cell_models"
+
+
+@hookimpl
+def register_models(register):
+    register("peephole", f"{_IMPL}:build_peephole", defaults={"forget_bias": 1.0},
+             description="LSTM with diagonal peepholes p_i, p_f on c_t-1 and p_o on c_t (Gers & Schmidhuber 2000).")
+    register("cifg", f"{_IMPL}:build_cifg", aliases=("coupled",), defaults={"input_bias": -1.0},
+             description="Coupled input-forget gate LSTM: f = 1 - i, three gates (Greff et al. 2017).")

@@ -1,0 +1,1 @@
+"""Built-in task plugins, installed as ``harness.tasks`` (the repository keeps them in ``tasks/``)."""
