@@ -198,8 +198,9 @@ class _Loader:
         """Call each plugin's hooks one plugin at a time, so one failure cannot hide the others."""
         infos = {info.name: info for info in self.plugins}
         for hook_name, registry in (("register_models", self.models), ("register_tasks", self.tasks)):
-            # pluggy lists implementations last-registered-first; call them in load order instead.
-            for impl in reversed(getattr(self.manager.hook, hook_name).get_hookimpls()):
+            # get_hookimpls() lists implementations in registration order: built-ins first, so a
+            # third-party plugin can never take over a built-in name.
+            for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                 info = infos[impl.plugin_name]
                 if info.status != "loaded":
                     continue

@@ -7,6 +7,7 @@ in, on the device the model trains on.
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
@@ -40,10 +41,10 @@ class Task(ABC):
     min_length: ClassVar[int] = 1
 
     def __init__(self, length: int) -> None:
-        if isinstance(length, bool) or not isinstance(length, int) or length < self.min_length:
+        if isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < self.min_length:
             raise HarnessError(f"task '{self.name}': dependency length must be an integer "
                                f">= {self.min_length}, got {length!r}")
-        self.length = length
+        self.length = int(length)
 
     @property
     @abstractmethod

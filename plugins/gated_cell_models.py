@@ -35,6 +35,11 @@ class PeepholeLSTMCell(GatedCell):
             p_i, p_f, p_o = self.peephole_weights
             gi = torch.addcmul(gi, p_i, c)
             gf = torch.addcmul(gf, p_f, c)
+        else:
+            # Same memory layout as the peephole path (addcmul returns contiguous tensors), because
+            # CPU kernels round strided and contiguous inputs differently: zero peepholes must
+            # reproduce this path bit for bit.
+            gi, gf, go = gi.contiguous(), gf.contiguous(), go.contiguous()
         c = torch.sigmoid(gf) * c + torch.sigmoid(gi) * torch.tanh(gg)
         if self.peepholes:
             go = torch.addcmul(go, p_o, c)

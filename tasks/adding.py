@@ -1,7 +1,8 @@
 """The adding problem (SPEC §2, definition of Arjovsky et al. 2016 / Le et al. 2015).
 
 Two features per step: a value uniform in [0, 1] and a marker that is 1 at one position in
-[0, T//2) and one in [T//2, T). Target: the sum of the two marked values, read at the last step.
+[0, T/2) and one in [T/2, T) (for odd T the first half ends at index ceil(T/2) - 1, as the
+literal reading of the definition says). Target: the sum of the two marked values, read at the last step.
 Score: fraction of sequences with absolute error < 0.04.
 """
 
@@ -28,7 +29,7 @@ class AddingProblem(Task):
         return self.length
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
-        device, half = generator.device, self.length // 2
+        device, half = generator.device, (self.length + 1) // 2  # ceil(T/2): indices < T/2
         values = torch.rand(batch_size, self.length, generator=generator, device=device)
         first = torch.randint(0, half, (batch_size,), generator=generator, device=device)
         second = torch.randint(half, self.length, (batch_size,), generator=generator, device=device)

@@ -1,0 +1,79 @@
+"""Device resolution and the facts recorded about the machine a run used."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Any
+
+from harness.errors import HarnessError
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def resolve_device(requested: str) -> str:
+    """Turn ``auto|cpu|cuda[:N]|mps`` into an available torch device string, or fail in one line."""
+    import torch
+
+    requested = requested.strip().lower()
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested == "cpu":
+        return "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise HarnessError(f"device '{requested}' requested but CUDA is not available "
+                               f"(torch {torch.__version__}); use --device cpu or auto")
+        index = requested.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise HarnessError(f"device '{requested}': there are {torch.cuda.device_count()} CUDA devices")
+        return requested
+    if requested == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise HarnessError("device 'mps' requested but MPS is not available; use --device cpu or auto")
+        return "mps"
+    raise HarnessError(f"unknown device '{requested}': expected auto, cpu, cuda, cuda:N or mps")
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as stream:
+            for line in stream:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_details(device: str) -> dict[str, Any]:
+    import torch
+
+    details: dict[str, Any] = {"device": device, "cpu": cpu_name(), "cores": available_cores(),
+                               "torch_threads": torch.get_num_threads()}
+    if device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        details.update(gpu=torch.cuda.get_device_name(index), cuda=torch.version.cuda,
+                       cudnn=torch.backends.cudnn.version())
+    return details
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    import harness
+
+    return {"harness": harness.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "executable": sys.executable}

@@ -1,0 +1,211 @@
+"""End-to-end tests of ``harness run`` on tiny budgets: files, resume, determinism, containment, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from harness.schema import CURVE_COLUMNS, RESULT_COLUMNS
+from tests import plugin_sources as src
+
+TINY = ["--lengths", "3,6", "--seeds", "2", "--steps", "20", "--eval-every", "10", "--eval-size", "64",
+        "--hidden-size", "8", "--batch-size", "16", "--threads", "1", "--no-plot", "--quiet"]
+
+
+def run_cli(*args: str) -> int:
+    return main(["run", *args])
+
+
+@pytest.fixture
+def failing_plugin(tmp_path, monkeypatch):
+    path = tmp_path / "failing_models.py"
+    path.write_text(src.FAILING_MODELS)
+    return str(path)
+
+
+def test_sweep_writes_tidy_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("--models", "lstm,rnn", "--task", "recall,adding", *TINY, "--out", str(out)) == 0
+    results = pd.read_csv(out / "results.csv")
+    curves = pd.read_csv(out / "curves.csv")
+    assert list(results.columns) == list(RESULT_COLUMNS)
+    assert list(curves.columns) == list(CURVE_COLUMNS)
+    assert len(results) == 2 * 2 * 2 * 2
+    assert set(results["status"]) == {"ok"}
+    assert results["score"].between(0, 1).all() and results["params"].gt(0).all()
+    assert (results.loc[results.task == "recall", "chance_score"] == 1 / 8).all()
+    assert len(curves) == len(results) * 2  # evaluations at steps 10 and 20
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["hyperparameters"]["steps"] == {"recall": 20, "adding": 20}
+    assert {"harness", "torch", "python"} <= set(meta["versions"])
+    assert meta["finished_at"] and meta["trials"]["ran"] == 16
+    assert any(p["name"] == "harness.plugins.torch_rnns" for p in meta["plugins"])
+    summary = capsys.readouterr().out
+    assert "task recall" in summary and "task adding" in summary
+
+
+def test_resume_runs_nothing_new_and_fills_gaps(tmp_path):
+    out = tmp_path / "run"
+    args = ["--models", "lstm", "--task", "recall", *TINY, "--out", str(out)]
+    assert run_cli(*args) == 0
+    first = pd.read_csv(out / "results.csv")
+    assert run_cli(*args) == 0
+    pd.testing.assert_frame_equal(first, pd.read_csv(out / "results.csv"))
+    assert json.loads((out / "run.json").read_text())["trials"] == {
+        "planned": 4, "ran": 0, "skipped": 4, "failed": 0}
+    # an interrupted sweep: drop one finished row, rerun, and only that trial runs again
+    first.iloc[1:].to_csv(out / "results.csv", index=False)
+    assert run_cli(*args) == 0
+    again = pd.read_csv(out / "results.csv")
+    assert json.loads((out / "run.json").read_text())["trials"]["ran"] == 1
+    cols = ["model", "task", "length", "seed", "score", "loss"]
+    pd.testing.assert_frame_equal(first[cols], again[cols])
+
+
+def test_growing_the_grid_in_the_same_folder_runs_only_new_trials(tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("--models", "lstm", "--task", "recall", *TINY, "--out", str(out)) == 0
+    assert run_cli("--models", "lstm,gru", "--task", "recall", *TINY, "--out", str(out)) == 0
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(results.model.unique()) == ["gru", "lstm"]
+    assert json.loads((out / "run.json").read_text())["trials"]["ran"] == 4
+
+
+def test_changed_settings_in_existing_folder_are_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("--models", "lstm", "--task", "recall", *TINY, "--out", str(out)) == 0
+    changed = [a if a != "20" else "30" for a in TINY]
+    capsys.readouterr()
+    assert run_cli("--models", "lstm", "--task", "recall", *changed, "--out", str(out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "different settings" in err and "steps" in err
+
+
+def test_same_command_twice_gives_identical_scores(tmp_path):
+    for name in ("a", "b"):
+        assert run_cli("--models", "lstm,cifg", "--task", "adding", *TINY, "--out", str(tmp_path / name)) == 0
+    cols = ["model", "task", "length", "seed", "score", "loss", "best_score"]
+    a = pd.read_csv(tmp_path / "a" / "results.csv")[cols]
+    b = pd.read_csv(tmp_path / "b" / "results.csv")[cols]
+    pd.testing.assert_frame_equal(a, b)
+    curves_a = pd.read_csv(tmp_path / "a" / "curves.csv").drop(columns="elapsed_seconds")
+    curves_b = pd.read_csv(tmp_path / "b" / "curves.csv").drop(columns="elapsed_seconds")
+    pd.testing.assert_frame_equal(curves_a, curves_b)
+
+
+def test_plugin_errors_and_divergence_are_contained(tmp_path, failing_plugin, capsys):
+    out = tmp_path / "run"
+    code = run_cli("--plugin", failing_plugin, "--models", "exploding,lstm,diverging", "--task", "recall",
+                   *TINY, "--out", str(out))
+    assert code == 1
+    results = pd.read_csv(out / "results.csv").set_index(["model", "length", "seed"])
+    assert set(results.loc["lstm", "status"]) == {"ok"}
+    assert set(results.loc["diverged" if False else "diverging", "status"]) == {"diverged"}
+    exploding = results.loc["exploding"]
+    assert set(exploding["status"]) == {"error"}
+    assert exploding["error"].str.contains("RuntimeError: boom from a buggy model").all()
+    err = capsys.readouterr().err
+    assert "4 trial(s) failed" in err and "exploding recall T=3 seed=0" in err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--models", "lstn", "--task", "adding"], "unknown model 'lstn'; did you mean 'lstm'"),
+    (["--models", "lstm", "--task", "adds"], "unknown task 'adds'"),
+    (["--models", "lstm", "--task", "adding", "--lengths", "10,-5"], "-5 is not a positive integer"),
+    (["--models", "lstm", "--task", "adding", "--lengths", "10,abc"], "'abc' is not an integer"),
+    (["--models", "lstm", "--task", "adding", "--lengths", "1"], "must be an integer >= 2"),
+    (["--models", "lstm", "--task", "adding", "--seeds", "0"], "seeds: the count must be positive"),
+    (["--models", "lstm", "--task", "adding", "--steps", "0"], "steps must be a positive integer"),
+    (["--models", "lstm", "--task", "adding", "--threshold", "1.5"], "threshold must be in (0, 1]"),
+    (["--models", "lstm", "--task", "adding", "--device", "tpu"], "unknown device 'tpu'"),
+    (["--models", "lstm", "--task", "adding", "--model-opt", "oops"], "expected KEY=VALUE"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, fragment):
+    assert run_cli(*args, "--out", str(tmp_path / "never")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("harness: error:") and fragment in err
+    assert not (tmp_path / "never").exists()  # nothing started
+
+
+def test_unavailable_device_and_unwritable_folder(tmp_path, capsys):
+    import torch
+
+    if not torch.cuda.is_available():
+        assert run_cli("--models", "lstm", "--task", "adding", "--device", "cuda") == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert run_cli("--models", "lstm", "--task", "adding", *TINY, "--out", str(blocker / "sub")) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("steps = [", "is not valid TOML"),
+    ("stepz = 5", "unknown key(s) stepz"),
+    ("lengths = ['a']", "lengths: expected positive integers"),
+])
+def test_malformed_config_file(tmp_path, capsys, content, fragment):
+    config = tmp_path / "sweep.toml"
+    config.write_text(content)
+    assert run_cli("--config", str(config)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err
+
+
+def test_config_file_with_options_and_command_line_override(tmp_path):
+    config = tmp_path / "sweep.toml"
+    config.write_text(f"""
+models = ["lstm", "cifg"]
+task = "recall"
+lengths = [3]
+seeds = [4]
+steps = 999
+eval_every = 10
+eval_size = 64
+hidden_size = 8
+batch_size = 16
+out = "{(tmp_path / 'run').as_posix()}"
+[model_options.lstm]
+forget_bias = 0.0
+""")
+    assert run_cli("--config", str(config), "--steps", "10", "--no-plot", "--quiet") == 0
+    results = pd.read_csv(tmp_path / "run" / "results.csv").set_index("model")
+    assert set(results["steps"]) == {10} and set(results["seed"]) == {4}
+    assert json.loads(results.loc["lstm", "model_options"]) == {"forget_bias": 0.0}
+    assert json.loads(results.loc["cifg", "model_options"]) == {}
+
+
+def test_help_and_listings_do_not_import_torch():
+    code = ("import sys, io, contextlib; from harness.cli import main\n"
+            "for argv in (['--help'], ['models'], ['tasks'], ['plugins'], ['models', '--json']):\n"
+            "    buf = io.StringIO()\n"
+            "    with contextlib.redirect_stdout(buf):\n"
+            "        try: main(argv)\n"
+            "        except SystemExit: pass\n"
+            "print(sorted(m for m in ('torch', 'pandas', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", ["models", "tasks", "plugins"])
+def test_listings_json(command, capsys):
+    assert main([command, "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    names = [r["name"] for r in records]
+    assert names and all(isinstance(n, str) for n in names)
+    if command == "models":
+        assert {"rnn", "lstm", "peephole", "cifg", "gru", "bilstm"} <= set(names)
+        assert all(r["plugin"] and r["description"] for r in records)
+    if command == "plugins":
+        assert all({"source", "distribution", "version", "hooks"} <= set(r) for r in records)
+
+
+def test_listing_table_shows_plugin_and_description(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "cifg (coupled)" in out and "harness.plugins.gated_cells" in out and "peephole" in out
