@@ -69,14 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-size", type=int, metavar="N", help="held-out sequences per evaluation (default: 512)")
     run.add_argument("--threshold", type=float, metavar="X", help="score that counts as solved; training stops there (default: 0.99)")
     run.add_argument("--device", metavar="DEV", help="auto|cpu|cuda[:N]|mps (default: auto)")
-    run.add_argument("--workers", type=int, metavar="N", help="parallel trial processes, cores divided between them (default: 1)")
+    run.add_argument("--workers", metavar="N|auto", help="parallel trial processes, cores divided between them "
+                     "(default: auto = one single-threaded worker per core on CPU, 1 on a GPU)")
     run.add_argument("--threads", type=int, metavar="N", help="torch threads per worker (default: cores // workers, whatever OMP_NUM_THREADS says)")
     run.add_argument("--out", metavar="DIR", help="output folder (default: results/run-DATE-TIME); reuse it to resume")
     run.add_argument("--model-opt", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
                      help="model option, for every model or one (e.g. lstm:forget_bias=0); repeatable")
     run.add_argument("--task-opt", action="append", default=[], metavar="[TASK:]KEY=VALUE",
                      help="task option, for every task or one; repeatable")
-    run.add_argument("--no-plot", action="store_true", help="do not draw the score-vs-length figure at the end")
+    run.add_argument("--no-plot", action="store_true", help="do not draw the figures (score vs length, ...) at the end")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     _common(run)
 
@@ -163,11 +164,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     previous = prepare_out_dir(plan)
     print(f"harness: {len(plan.specs)} trials ({len(plan.config.models)} model(s) × "
           f"{sum(len(v) for v in plan.lengths.values())} task lengths × {len(plan.config.seeds)} seeds) "
-          f"on {plan.device} → {plan.out}", file=sys.stderr)
+          f"on {plan.device}, {plan.workers} worker(s) → {plan.out}", file=sys.stderr)
     outcome = run_sweep(plan, previous, progress=not args.quiet)
     print_summary(plan.out)
     if not args.no_plot and outcome.ran:
-        _draw_main_figure(plan.out)
+        _draw_figures(plan.out)
     if outcome.interrupted:
         print(f"harness: interrupted; {len(outcome.store.rows)} finished trials are saved in {plan.out}. "
               f"Run the same command with --out {plan.out} to resume.", file=sys.stderr)
@@ -179,13 +180,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _draw_main_figure(out) -> None:
+def _draw_figures(out) -> None:
+    """Draw the run's figures (score vs length first); a plotting failure is only a warning."""
     try:
         from harness.plotting import plot_runs
-    except ImportError:
-        return
-    try:
-        paths = plot_runs([out], formats=("png",), only=("score",))
+
+        paths = plot_runs([out], formats=("png",))
     except Exception as exc:  # a figure must never cost the user their results
         print(f"harness: warning: could not draw the figure: {type(exc).__name__}: {exc}", file=sys.stderr)
         return

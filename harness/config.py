@@ -35,7 +35,7 @@ class SweepConfig:
     threshold: float = 0.99
     clip: float = 1.0
     device: str = "auto"
-    workers: int = 1
+    workers: int | str = "auto"  # "auto": one single-threaded worker per core on CPU, 1 on a GPU
     threads: int | None = None  # per worker; None: cores // workers
     out: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)  # scalars: every model; tables: one model
@@ -176,7 +176,13 @@ def normalise(raw: dict[str, Any]) -> SweepConfig:
     config = SweepConfig(**values)
     _check_number(config.steps, "steps", int, allow_none=True)
     _check_number(config.threads, "threads", int, allow_none=True)
-    for name in ("batch_size", "hidden_size", "eval_every", "eval_size", "workers"):
+    if config.workers != "auto":
+        try:
+            config.workers = int(config.workers)
+        except (TypeError, ValueError):
+            raise HarnessError(f"workers must be a positive integer or 'auto', got {config.workers!r}")
+    for name in ("batch_size", "hidden_size", "eval_every", "eval_size") + (
+            ("workers",) if config.workers != "auto" else ()):
         _check_number(getattr(config, name), name, int)
     for name in ("lr", "clip"):
         _check_number(getattr(config, name), name, float)

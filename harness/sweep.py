@@ -34,6 +34,7 @@ class SweepPlan:
     lengths: dict[str, list[int]]
     steps: dict[str, int]
     specs: list[TrialSpec]
+    workers: int
 
     def hyperparameters(self) -> dict[str, Any]:
         values = self.config.as_dict()
@@ -83,7 +84,17 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
         for task in tasks for length in lengths[task] for model in models for seed in config.seeds
     ]
     out = Path(config.out) if config.out else default_out_dir()
-    return SweepPlan(config, device, out, lengths, steps, specs)
+    return SweepPlan(config, device, out, lengths, steps, specs, resolve_workers(config.workers, device, len(specs)))
+
+
+def resolve_workers(workers: int | str, device: str, trials: int) -> int:
+    """``auto``: one worker per core on CPU (small recurrent models scale better across processes
+    than across threads), one on an accelerator; never more workers than trials."""
+    from harness.environment import available_cores
+
+    if workers == "auto":
+        workers = available_cores() if device == "cpu" else 1
+    return max(1, min(int(workers), trials))
 
 
 def prepare_out_dir(plan: SweepPlan) -> dict[str, Any] | None:
@@ -121,7 +132,9 @@ def prepare_out_dir(plan: SweepPlan) -> dict[str, Any] | None:
 
 
 def run_metadata(plan: SweepPlan, previous: dict[str, Any] | None, started_at: str) -> dict[str, Any]:
+    from harness.allocator import malloc_tuned
     from harness.environment import device_details, versions
+    from harness.executors import threads_per_worker
     from harness.plugin_manager import get_state
 
     invocations = list(previous.get("invocations", [])) if previous else []
@@ -136,6 +149,9 @@ def run_metadata(plan: SweepPlan, previous: dict[str, Any] | None, started_at: s
         "invocations": invocations,
         "versions": versions(),
         "device": device_details(plan.device),
+        "execution": {"workers": plan.workers,
+                      "threads_per_worker": plan.config.threads or threads_per_worker(plan.workers),
+                      "malloc_tuned": malloc_tuned()},
         "plugins": [p.as_dict() for p in get_state().plugins],
         "started_at": (previous or {}).get("started_at", started_at),
         "finished_at": None,
@@ -165,7 +181,7 @@ def run_sweep(plan: SweepPlan, previous: dict[str, Any] | None, progress: bool =
 
     todo = [s for s in plan.specs if store.status(s.key) not in ("ok", "diverged")]
     skipped = len(plan.specs) - len(todo)
-    executor = make_executor(plan.config.workers, plan.config.threads)
+    executor = make_executor(min(plan.workers, max(1, len(todo))), plan.config.threads)
     bar = _progress_bar(len(todo), skipped, progress)
     failed: list[str] = []
     interrupted = False

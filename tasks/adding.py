@@ -21,7 +21,6 @@ class AddingProblem(Task):
     input_size = 2
     output_size = 1
     readout = "last"
-    default_lengths = (10, 25, 50, 100, 200)
     min_length = 2
 
     @property

@@ -23,7 +23,6 @@ class CopyMemory(Task):
     input_size = 10
     output_size = 9
     readout = "sequence"
-    default_lengths = (10, 20, 50, 100, 200)
 
     @property
     def sequence_length(self) -> int:

@@ -22,7 +22,6 @@ class LongGapRecall(Task):
     input_size = NUM_KEYS + NUM_DISTRACTORS + 1
     output_size = NUM_KEYS
     readout = "last"
-    default_lengths = (10, 20, 50, 100, 200)
 
     @property
     def sequence_length(self) -> int:

@@ -33,6 +33,7 @@ def fake_distribution(tmp_path, monkeypatch):
     root.mkdir(exist_ok=True)
     monkeypatch.syspath_prepend(str(root))
     created: list[str] = []
+    dists: list[str] = []
 
     def make(dist: str, modules: dict[str, str], helpers: dict[str, str] | None = None,
              version: str = "1.2.3") -> Path:
@@ -41,6 +42,9 @@ def fake_distribution(tmp_path, monkeypatch):
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
         lines = ["[harness]"] + [f"{name} = {name}" for name in modules]
         (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+        # Load only the fake distributions, whatever else happens to be installed.
+        dists.append(dist)
+        monkeypatch.setenv("HARNESS_PLUGINS", ",".join(dists))
         for name, source in {**modules, **(helpers or {})}.items():
             (root / f"{name}.py").write_text(textwrap.dedent(source))
             created.append(name)

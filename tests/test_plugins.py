@@ -93,6 +93,7 @@ def test_duplicate_name_names_both_plugins(fake_distribution):
 
 
 def test_extra_plugin_from_file_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_PLUGINS", "none")
     path = tmp_path / "my_models.py"
     path.write_text(src.FAILING_MODELS)
     monkeypatch.setenv("HARNESS_EXTRA_PLUGINS", str(path))
@@ -103,6 +104,7 @@ def test_extra_plugin_from_file_path(tmp_path, monkeypatch):
 
 
 def test_missing_extra_plugin_is_contained(monkeypatch):
+    monkeypatch.setenv("HARNESS_PLUGINS", "none")
     monkeypatch.setenv("HARNESS_EXTRA_PLUGINS", "no_such_module_for_harness_tests")
     state = load_plugins()
     assert state.models.names() == BUILTIN_MODELS
