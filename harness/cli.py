@@ -18,6 +18,7 @@ examples:
   harness run --config sweep.toml --out results/mine    settings from a file, resumable folder
   harness models                                        what can be swept (and from which plugin)
   harness plot results/run-*                            figures from one or more run folders
+  harness bench --lengths 200,1000                      ms/step of every model, ratio to lstm, memory
 
 environment:
   HARNESS_PLUGINS=none|a,b   load no / only these installed plugins (entry-point group 'harness')
@@ -94,6 +95,31 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     report.add_argument("--threshold", type=float, help="solved threshold (default: each run's own)")
     _common(report)
+
+    bench = sub.add_parser(
+        "bench", help="time one training step of every model (ms/step, ratio to lstm, peak memory)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Time forward+backward+clip+Adam of every registered model on random inputs: warm-up "
+                    "steps, then the median of repeated steps, the models interleaved round-robin. "
+                    "Prints ms/step, the ratio to lstm (fused torch.nn.LSTM, always timed as the "
+                    "reference) and the peak memory of a training step.",
+        epilog="Peak memory on CPU is the growth of the peak resident set size over warm-up+1 steps, "
+               "measured in a fresh process per model and length; on CUDA torch.cuda.max_memory_allocated.\n"
+               "Allocator tuning applies as in 'harness run' (HARNESS_MALLOC=default turns it off).")
+    bench.add_argument("--models", metavar="LIST", help="comma list of models (default: every registered model)")
+    bench.add_argument("--lengths", metavar="LIST", default="50,200,1000", help="sequence lengths T (default: 50,200,1000)")
+    bench.add_argument("--batch-size", type=int, default=128, metavar="N", help="batch size (default: 128)")
+    bench.add_argument("--hidden-size", type=int, default=128, metavar="N", help="hidden units H (default: 128)")
+    bench.add_argument("--input-size", type=int, default=10, metavar="N", help="input features (default: 10)")
+    bench.add_argument("--device", default="auto", metavar="DEV", help="auto|cpu|cuda[:N]|mps (default: auto)")
+    bench.add_argument("--repeats", type=int, default=5, metavar="N", help="timed steps per model and length (default: 5)")
+    bench.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed steps first (default: 2)")
+    bench.add_argument("--threads", type=int, metavar="N",
+                       help="torch threads (default: every core; 'harness run' gives each worker cores // workers)")
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    _common(bench)
     return parser
 
 
@@ -120,14 +146,17 @@ def cmd_listing(args: argparse.Namespace) -> int:
         _print_table(("plugin", "source", "distribution", "hooks", "status"), rows)
         return 0
     registry = state.models if args.command == "models" else state.tasks
-    records = [{"name": e.name, "aliases": list(e.aliases), "plugin": e.plugin, "target": e.target_name,
-                "description": e.description, "defaults": e.defaults} for e in registry]
+    infos = {p.name: p for p in state.plugins}
+    records = [{"name": e.name, "aliases": list(e.aliases), "plugin": e.plugin,
+                "distribution": infos[e.plugin].distribution, "version": infos[e.plugin].version,
+                "target": e.target_name, "description": e.description, "defaults": e.defaults}
+               for e in registry]
     if args.json:
         print(json.dumps(records, indent=2))
         return 0
-    rows = [(r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else ""), r["plugin"], r["description"])
-            for r in records]
-    _print_table((registry.kind, "plugin", "description"), rows)
+    rows = [(r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else ""), r["plugin"],
+             f"{r['distribution'] or '-'} {r['version'] or ''}".strip(), r["description"]) for r in records]
+    _print_table((registry.kind, "plugin", "distribution", "description"), rows)
     return 0
 
 
@@ -220,6 +249,42 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harness.allocator import tune_malloc
+
+    tune_malloc()  # before torch allocates anything, as 'harness run' does
+    from harness.bench import BenchConfig, format_report, run_bench
+    from harness.config import parse_int_list
+    from harness.environment import available_cores, resolve_device
+    from harness.plugin_manager import get_state
+
+    registry = get_state().models
+    if args.models:
+        names = [registry.get(n.strip()).name for n in args.models.split(",") if n.strip()]
+        if not names:
+            raise HarnessError("--models: empty list")
+    else:
+        names = registry.names()
+    from harness.bench import REFERENCE
+
+    if REFERENCE in registry and REFERENCE not in names:
+        names.insert(0, REFERENCE)  # the reference the ratios are taken to
+    names = list(dict.fromkeys(names))
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--hidden-size", args.hidden_size, 1),
+                               ("--input-size", args.input_size, 1), ("--repeats", args.repeats, 1),
+                               ("--warmup", args.warmup, 0), ("--threads", args.threads or 1, 1)):
+        if value < least:
+            raise HarnessError(f"{flag}: {value} is less than {least}")
+    config = BenchConfig(models=tuple(names), lengths=tuple(parse_int_list(args.lengths, "--lengths")),
+                         batch_size=args.batch_size, hidden_size=args.hidden_size, input_size=args.input_size,
+                         device=resolve_device(args.device), repeats=args.repeats, warmup=args.warmup,
+                         threads=args.threads or available_cores(), memory=not args.no_memory)
+    progress = None if args.quiet or args.json else (lambda line: print(f"bench: {line}", file=sys.stderr))
+    report = run_bench(config, progress)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 1 if any(row["error"] for row in report["results"]) else 0
+
+
 def _existing_run_dir(text: str):
     from pathlib import Path
 
@@ -231,7 +296,7 @@ def _existing_run_dir(text: str):
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "models": cmd_listing, "tasks": cmd_listing, "plugins": cmd_listing,
-    "run": cmd_run, "plot": cmd_plot, "report": cmd_report,
+    "run": cmd_run, "plot": cmd_plot, "report": cmd_report, "bench": cmd_bench,
 }
 
 

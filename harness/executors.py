@@ -39,10 +39,14 @@ class InProcessExecutor:
 
         from harness.training import run_trial
 
+        previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
-        for spec in specs:
-            on_start(spec)
-            yield run_trial(spec)
+        try:
+            for spec in specs:
+                on_start(spec)
+                yield run_trial(spec)
+        finally:
+            torch.set_num_threads(previous)
 
 
 def _init_worker(threads: int, extra_plugins: str) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness.errors import PluginError
+
 READOUTS = ("sequence", "last")
 
 
@@ -28,8 +30,27 @@ class TaskModel(nn.Module):
         self.head = nn.Linear(int(core.output_size), output_size)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        features, summary = self.core(inputs)
+        result = self.core(inputs)
+        size = self.head.in_features
+        batch, length = inputs.shape[:2]
+        if not (isinstance(result, (tuple, list)) and len(result) == 2
+                and tuple(getattr(result[0], "shape", ())) == (batch, length, size)
+                and tuple(getattr(result[1], "shape", ())) == (batch, size)):
+            raise PluginError(_contract_message(type(self.core).__name__, tuple(inputs.shape), size, result))
+        features, summary = result
         return self.head(features if self.readout == "sequence" else summary)
+
+
+def _contract_message(name: str, shape: tuple[int, ...], size: int, result: object) -> str:
+    """One line saying what the model contract expects and what the model returned instead."""
+    if isinstance(result, (tuple, list)) and len(result) == 2:
+        got = " and ".join(f"{what} {tuple(getattr(t, 'shape', ())) or type(t).__name__}"
+                           for what, t in zip(("features", "summary"), result))
+    else:
+        got = f"{type(result).__name__} {tuple(getattr(result, 'shape', ()))}"
+    return (f"model {name} broke the model contract: for inputs of shape {shape} forward() must return "
+            f"(features, summary) of shapes {(*shape[:2], size)} and {(shape[0], size)} "
+            f"(output_size={size}); got {got}. harness.testing.check_model says more.")
 
 
 def count_parameters(module: nn.Module) -> int:

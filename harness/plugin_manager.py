@@ -131,11 +131,9 @@ class _Loader:
     def register(self, module: object, info: PluginInfo) -> None:
         """Register one plugin module, rejecting it if it implements hooks that do not exist."""
         self.plugins.append(info)
-        unknown = [
+        unknown = [  # any @hookimpl-marked function that is not a hook, whatever its name
             attr for attr in dir(module)
-            if attr.startswith("register_") and attr not in HOOK_NAMES
-            and callable(getattr(module, attr))
-            and self.manager.parse_hookimpl_opts(module, attr) is not None
+            if attr not in HOOK_NAMES and self.manager.parse_hookimpl_opts(module, attr) is not None
         ]
         if unknown:
             hints = []

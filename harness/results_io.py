@@ -91,7 +91,8 @@ class ResultStore:
 
     def save(self) -> None:
         # Curves first: a crash between the two writes leaves curves that the next load ignores.
-        atomic_write_text(self.curves_path, csv_text(self.curves, CURVE_COLUMNS))
+        curves = sorted(self.curves, key=lambda r: (*trial_key(r), int(r["step"])))
+        atomic_write_text(self.curves_path, csv_text(curves, CURVE_COLUMNS))
         ordered = sorted(self.rows.values(), key=trial_key)
         atomic_write_text(self.results_path, csv_text(ordered, RESULT_COLUMNS))
 

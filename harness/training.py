@@ -22,12 +22,14 @@ import numpy as np
 import torch
 
 import harness
+from harness.config import SweepConfig
 from harness.model_api import TaskModel, count_parameters
 from harness.plugin_manager import get_model, get_task
 from harness.seeding import EVAL_DATA, INIT, TRAIN_DATA, derive_seed
 from harness.task_api import Batch, Task
 
 EVAL_BATCH = 256
+_DEFAULTS = SweepConfig()  # one source of truth for training defaults
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,13 @@ class TrialSpec:
     length: int
     seed: int
     steps: int = 1000
-    batch_size: int = 64
-    hidden_size: int = 128
-    lr: float = 1e-3
-    eval_every: int = 100
-    eval_size: int = 512
-    threshold: float = 0.99
-    clip: float = 1.0
+    batch_size: int = _DEFAULTS.batch_size
+    hidden_size: int = _DEFAULTS.hidden_size
+    lr: float = _DEFAULTS.lr
+    eval_every: int = _DEFAULTS.eval_every
+    eval_size: int = _DEFAULTS.eval_size
+    threshold: float = _DEFAULTS.threshold
+    clip: float = _DEFAULTS.clip
     device: str = "cpu"
     model_options: dict[str, Any] = field(default_factory=dict, hash=False)
     task_options: dict[str, Any] = field(default_factory=dict, hash=False)

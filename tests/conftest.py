@@ -11,6 +11,17 @@ import pytest
 from harness import plugin_manager
 
 
+@pytest.fixture(autouse=True, scope="session")
+def single_torch_thread():
+    """Test tensors are tiny: intra-op threads only add overhead, and oversubscribe a shared machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def fresh_plugin_state(monkeypatch):
     """Every test starts from freshly loaded plugins and leaves none cached behind."""

@@ -20,13 +20,6 @@ BUDGET = dict(task="recall", length=50, steps=500, eval_every=50, eval_size=256,
               batch_size=32, lr=3e-3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_lstm_remembers_across_a_gap_where_the_tanh_rnn_fails():
     lstm = [run_trial(TrialSpec(model="lstm", seed=s, model_options={"forget_bias": 5.0}, **BUDGET)).row

@@ -21,14 +21,6 @@ ATOL32 = 1e-5
 ATOL64 = 1e-10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The tensors here are tiny: intra-op threads only add contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _build(name: str, **kwargs) -> nn.Module:
     return get_state().models.get(name).build(**kwargs)

@@ -20,13 +20,6 @@ TASKS = ("copy", "adding", "recall")
 BIG = 20_000  # samples for statistical checks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make(name: str, length: int):
     return get_state().tasks.get(name).build(length=length)

@@ -13,13 +13,6 @@ from harness.training import TrialSpec, evaluation_set, make_generator, run_tria
 TINY = dict(steps=20, eval_every=10, eval_size=64, hidden_size=8, batch_size=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_seed_streams_never_collide():
     seeds = {stream: {derive_seed(s, stream) for s in range(2000)} for stream in (INIT, TRAIN_DATA, EVAL_DATA)}
