@@ -123,12 +123,20 @@ def prepare_out_dir(plan: SweepPlan) -> dict[str, Any] | None:
     except (ValueError, KeyError, TypeError):
         raise HarnessError(f"{meta_path} is unreadable; choose another --out")
     now = json.loads(json.dumps(plan.hyperparameters()))
-    changed = [key for key in HYPERPARAMETERS if before.get(key) != now.get(key)]
+    changed = [key for key in HYPERPARAMETERS if _differs(key, before.get(key), now.get(key))]
     if changed:
         details = "; ".join(f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in changed)
         raise HarnessError(f"output folder {plan.out} holds a run with different settings ({details}); "
                            f"use a new --out or the same settings to resume")
     return previous
+
+
+def _differs(key: str, before: Any, now: Any) -> bool:
+    """Settings must match exactly, except per-task budgets, which only need to agree on the
+    tasks both runs share (so a task can be added to an existing folder)."""
+    if key == "steps" and isinstance(before, dict) and isinstance(now, dict):
+        return any(before[task] != now[task] for task in set(before) & set(now))
+    return before != now
 
 
 def run_metadata(plan: SweepPlan, previous: dict[str, Any] | None, started_at: str) -> dict[str, Any]:
@@ -137,12 +145,15 @@ def run_metadata(plan: SweepPlan, previous: dict[str, Any] | None, started_at: s
     from harness.executors import threads_per_worker
     from harness.plugin_manager import get_state
 
+    hyperparameters = plan.hyperparameters()
+    if previous:  # keep the budgets of tasks this command does not sweep
+        hyperparameters["steps"] = {**previous["hyperparameters"].get("steps", {}), **hyperparameters["steps"]}
     invocations = list(previous.get("invocations", [])) if previous else []
     invocations.append({"command": shlex.join(["harness", *sys.argv[1:]]), "started_at": started_at,
                         "cwd": str(Path.cwd())})
     return {
         "config": plan.config.as_dict(),
-        "hyperparameters": plan.hyperparameters(),
+        "hyperparameters": hyperparameters,
         "grid": {"models": plan.config.models, "tasks": list(plan.lengths), "lengths": plan.lengths,
                  "seeds": plan.config.seeds},
         "command": invocations[-1]["command"],

@@ -74,6 +74,11 @@ def test_growing_the_grid_in_the_same_folder_runs_only_new_trials(tmp_path):
     results = pd.read_csv(out / "results.csv")
     assert sorted(results.model.unique()) == ["gru", "lstm"]
     assert json.loads((out / "run.json").read_text())["trials"]["ran"] == 4
+    assert run_cli("--models", "lstm", "--task", "adding", *TINY, "--out", str(out)) == 0
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["trials"]["ran"] == 4 and meta["hyperparameters"]["steps"] == {"recall": 20, "adding": 20}
+    assert len(meta["invocations"]) == 3
+    assert run_cli("--models", "lstm", "--task", "adding", *TINY, "--steps", "30", "--out", str(out)) == 2
 
 
 def test_changed_settings_in_existing_folder_are_refused(tmp_path, capsys):
