@@ -3,9 +3,20 @@
 A :class:`GatedCell` owns an input projection ``W_ih`` and a recurrent projection ``W_hh`` with
 ``num_gates`` blocks of ``hidden_size`` rows (the layout and initialisation of ``torch.nn.LSTM``)
 and defines only ``step``: the nonlinearity that turns the pre-activations of one time step into
-the next state. :class:`CellLoop` does the rest the same way for every cell: it projects the whole
-input sequence in one matrix product, unbinds it once (indexing ``xw[t]`` in the loop would make
-the backward pass quadratic in the length), and adds the recurrent product step by step.
+the next state. :class:`CellLoop` does the rest the same way for every cell: at each time step one
+matrix product of ``[x_t, h_{t-1}]`` with ``[W_ih W_hh]`` (concatenated once per forward pass)
+gives the pre-activations, then ``step`` gives the next state.
+
+One product per step over the concatenation, rather than one product projecting the whole input
+sequence up front plus a recurrent product per step, was measured to be faster on the CPU: the
+up-front projection is a ``(batch, length, gates * hidden)`` tensor written once, unbound, and
+its gradient stacked and reduced again, which costs more memory traffic than the per-step
+concatenation of a few inputs (see docs/performance.md). The inputs are unbound once; indexing
+``x[:, t]`` inside the loop would make the backward pass quadratic in the length.
+
+The built-in cells (``harness.plugins.gated_cell_models``) run their pointwise step through fused CPU
+kernels when available (``harness.cell_kernels``; ``HARNESS_FUSED=0`` turns them off); their eager
+equations remain the reference.
 """
 
 from __future__ import annotations
@@ -64,11 +75,12 @@ class CellLoop(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cell = self.cell
-        projected = torch.nn.functional.linear(inputs, cell.weight_ih, cell.bias_ih + cell.bias_hh)
-        weight_hh_t = cell.weight_hh.t()
+        weight = torch.cat([cell.weight_ih, cell.weight_hh], 1).t()  # (input + hidden, gates * hidden)
+        bias = cell.bias_ih + cell.bias_hh
         state = cell.initial_state(inputs.shape[0], inputs)
         outputs = []
-        for gates_x in projected.unbind(1):
-            state = cell.step(torch.addmm(gates_x, state[0], weight_hh_t), state)
+        for x_t in inputs.unbind(1):
+            gates = torch.addmm(bias, torch.cat([x_t, state[0]], 1), weight)
+            state = cell.step(gates, state)
             outputs.append(state[0])
         return torch.stack(outputs, 1), outputs[-1]

@@ -151,6 +151,21 @@ def error_outcome(spec: TrialSpec, message: str) -> TrialOutcome:
     return TrialOutcome(row, [])
 
 
+def prepare_process() -> None:
+    """Pay once per process, before the first trial, the costs no trial should carry.
+
+    The first ``torch.optim`` optimizer of a process imports ``torch._dynamo`` (about 3 s of CPU
+    here), plugins are loaded once, and the fused cell kernels are compiled (once per machine)
+    or loaded; without this the first trial of every worker would be seconds slower than the rest.
+    """
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    from harness import cell_kernels
+    from harness.plugin_manager import get_state
+
+    get_state()
+    cell_kernels.status()
+
+
 def run_trial(spec: TrialSpec, on_eval: Callable[[int, float], None] | None = None) -> TrialOutcome:
     """Run one trial to completion; never raises for model, task or numerical failures."""
     started = time.perf_counter()

@@ -1,4 +1,8 @@
-"""Peephole LSTM and CIFG cells (equations in SPEC §3), both on :class:`harness.cells.CellLoop`."""
+"""Peephole LSTM and CIFG cells (equations in SPEC §3), both on :class:`harness.cells.CellLoop`.
+
+On the CPU, ``step`` runs the fused kernels of :mod:`harness.cell_kernels` (same equations, one
+pass forward and one backward); elsewhere, or with ``HARNESS_FUSED=0``, the eager equations below.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from harness import cell_kernels
 from harness.cells import CellLoop, GatedCell, State
 
 
@@ -30,6 +35,10 @@ class PeepholeLSTMCell(GatedCell):
 
     def step(self, gates: torch.Tensor, state: State) -> State:
         _, c = state
+        peepholes = self.peephole_weights if self.peepholes else None
+        if cell_kernels.usable(gates, c, *(() if peepholes is None else (peepholes,))):
+            return cell_kernels.peephole_step(gates, c, peepholes)
+        # the equations in plain torch operations (the reference for the fused kernel)
         gi, gf, gg, go = gates.chunk(4, dim=1)
         if self.peepholes:
             p_i, p_f, p_o = self.peephole_weights
@@ -60,6 +69,9 @@ class CIFGCell(GatedCell):
 
     def step(self, gates: torch.Tensor, state: State) -> State:
         _, c = state
+        if cell_kernels.usable(gates, c):
+            return cell_kernels.cifg_step(gates, c)
+        # the equations in plain torch operations (the reference for the fused kernel)
         gi, gg, go = gates.chunk(3, dim=1)
         i = torch.sigmoid(gi)
         c = torch.lerp(c, torch.tanh(gg), i)  # (1 - i) * c + i * g
