@@ -59,7 +59,8 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     steps: dict[str, int] = {}
     for task_name in tasks:
         entry = state.tasks.get(task_name)
-        task_class_defaults = getattr(entry.load(), "default_lengths", None)
+        task_class = entry.load()
+        task_class_defaults = getattr(task_class, "default_lengths", None)
         if isinstance(config.lengths, dict):
             chosen = config.lengths.get(task_name, task_class_defaults)
         else:
@@ -69,7 +70,7 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
         lengths[task_name] = sorted(set(int(n) for n in chosen))
         for length in lengths[task_name]:  # builds the task: bad lengths fail here, before training
             entry.build(length=length, **options_for(config.task_options, task_name))
-        steps[task_name] = int(config.steps or getattr(entry.load(), "default_steps", 1000))
+        steps[task_name] = int(config.steps or getattr(task_class, "default_steps", 1000))
     if isinstance(config.lengths, dict):
         unknown = sorted(set(config.lengths) - set(tasks))
         if unknown:
