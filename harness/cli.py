@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--task", "--tasks", dest="tasks", metavar="LIST", help="comma list of tasks (default: adding)")
     run.add_argument("--lengths", metavar="LIST", help="comma list of dependency lengths T (default: each task's own sweep)")
     run.add_argument("--seeds", metavar="N|LIST", help="a count N (seeds 0..N-1) or a comma list (default: 2)")
-    run.add_argument("--steps", type=int, metavar="N", help="training budget per trial (default: each task's own)")
+    run.add_argument("--steps", metavar="N|TASK=N,...", help="training budget per trial, for every task or per task, "
+                     "e.g. recall=1000,adding=3000 (default: each task's own)")
     run.add_argument("--batch-size", type=int, metavar="N", help="training batch size (default: 64)")
     run.add_argument("--hidden-size", type=int, metavar="N", help="hidden units H (default: 128)")
     run.add_argument("--lr", type=float, metavar="X", help="Adam learning rate (default: 1e-3)")

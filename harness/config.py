@@ -26,7 +26,7 @@ class SweepConfig:
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
     lengths: list[int] | dict[str, list[int]] | None = None  # None: each task's default sweep
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    steps: int | None = None  # None: each task's default budget
+    steps: int | dict[str, int] | None = None  # None: each task's default budget; a table: per task
     batch_size: int = 64
     hidden_size: int = 128
     lr: float = 1e-3
@@ -97,6 +97,34 @@ def parse_seeds(value: Any) -> list[int]:
     if count <= 0:
         raise HarnessError(f"seeds: the count must be positive, got {count}")
     return list(range(count))
+
+
+def parse_steps(value: Any) -> int | dict[str, int]:
+    """A training budget: one count for every task (``2000``), or one per task, as a table or as
+    ``"recall=1000,adding=3000"`` (tasks left out keep their own default budget)."""
+    if isinstance(value, str) and "=" in value:
+        table: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            task, sep, count = part.partition("=")
+            if not sep or not task.strip():
+                raise HarnessError(f"steps: '{part}' is not TASK=N (expected N or a list like recall=1000,adding=3000)")
+            table[task.strip()] = count.strip()
+        value = table
+    if isinstance(value, dict):
+        if not value:
+            raise HarnessError("steps: empty table")
+        return {task: _positive_int(count, f"steps.{task}") for task, count in value.items()}
+    return _positive_int(value, "steps")
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise HarnessError(f"{what} must be a positive integer, got {value!r}")
+    _check_number(value, what, int)
+    return int(value)
 
 
 def parse_option(text: str, flag: str) -> tuple[str | None, str, Any]:
@@ -173,8 +201,9 @@ def normalise(raw: dict[str, Any]) -> SweepConfig:
             values["lengths"] = _lengths(lengths, "lengths")
     if "seeds" in values:
         values["seeds"] = parse_seeds(values["seeds"])
+    if values.get("steps") is not None:
+        values["steps"] = parse_steps(values["steps"])
     config = SweepConfig(**values)
-    _check_number(config.steps, "steps", int, allow_none=True)
     _check_number(config.threads, "threads", int, allow_none=True)
     if config.workers != "auto":
         try:

@@ -55,26 +55,25 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     models = [state.models.get(name).name for name in config.models]
     tasks = [state.tasks.get(name).name for name in config.tasks]
     device = resolve_device(config.device)
+    per_task_lengths, per_task_steps = (_by_task_name(option, getattr(config, option), state.tasks)
+                                        for option in ("lengths", "steps"))
     lengths: dict[str, list[int]] = {}
     steps: dict[str, int] = {}
     for task_name in tasks:
         entry = state.tasks.get(task_name)
         task_class = entry.load()
         task_class_defaults = getattr(task_class, "default_lengths", None)
-        if isinstance(config.lengths, dict):
-            chosen = config.lengths.get(task_name, task_class_defaults)
+        if isinstance(per_task_lengths, dict):
+            chosen = per_task_lengths.get(task_name, task_class_defaults)
         else:
-            chosen = config.lengths or task_class_defaults
+            chosen = per_task_lengths or task_class_defaults
         if not chosen:
             raise HarnessError(f"task '{task_name}' has no default lengths; pass --lengths")
         lengths[task_name] = sorted(set(int(n) for n in chosen))
         for length in lengths[task_name]:  # builds the task: bad lengths fail here, before training
             entry.build(length=length, **options_for(config.task_options, task_name))
-        steps[task_name] = int(config.steps or getattr(task_class, "default_steps", 1000))
-    if isinstance(config.lengths, dict):
-        unknown = sorted(set(config.lengths) - set(tasks))
-        if unknown:
-            raise HarnessError(f"lengths given for task(s) not in the sweep: {', '.join(unknown)}")
+        budget = per_task_steps.get(task_name) if isinstance(per_task_steps, dict) else per_task_steps
+        steps[task_name] = int(budget or getattr(task_class, "default_steps", 1000))
     specs = [
         TrialSpec(model=model, task=task, length=length, seed=seed, steps=steps[task],
                   batch_size=config.batch_size, hidden_size=config.hidden_size, lr=float(config.lr),
@@ -86,6 +85,21 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     ]
     out = Path(config.out) if config.out else default_out_dir()
     return SweepPlan(config, device, out, lengths, steps, specs, resolve_workers(config.workers, device, len(specs)))
+
+
+def _by_task_name(option: str, value: Any, registry: Any) -> Any:
+    """A per-task table keyed by canonical task names (aliases resolved). A name that is no
+    registered task is an error; a known task outside this sweep is simply not used, so one
+    config file can hold the budgets of every task and a command can sweep a subset."""
+    if not isinstance(value, dict):
+        return value
+    resolved = {}
+    for name, item in value.items():
+        try:
+            resolved[registry.get(name).name] = item
+        except HarnessError as exc:
+            raise HarnessError(f"{option}: {exc}") from None
+    return resolved
 
 
 def resolve_workers(workers: int | str, device: str, trials: int) -> int:

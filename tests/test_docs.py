@@ -160,3 +160,17 @@ def test_tutorial_package_registers_lazily(tutorial_dir):
     assert state.tasks.get("first_bit").load().__name__ == "FirstBit"
     project = tomllib.loads((tutorial_dir / "pyproject.toml").read_text())["project"]
     assert project["entry-points"]["harness"] == {"indrnn": "harness_indrnn.plugin"}
+
+
+@pytest.mark.parametrize("path", ["README.md", "results/reference/config.toml"])
+def test_documented_sweep_configs_are_valid(path, tmp_path):
+    """Every TOML sweep config the README shows, and the reference config, loads and validates."""
+    from harness.config import load_config_file, normalise
+
+    text = (ROOT / path).read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S) if path.endswith(".md") else [text]
+    assert blocks
+    for i, block in enumerate(blocks):
+        config = tmp_path / f"block{i}.toml"
+        config.write_text(block)
+        normalise(load_config_file(config))

@@ -126,6 +126,9 @@ def test_plugin_errors_and_divergence_are_contained(tmp_path, failing_plugin, ca
     (["--models", "lstm", "--task", "adding", "--lengths", "1"], "must be an integer >= 2"),
     (["--models", "lstm", "--task", "adding", "--seeds", "0"], "seeds: the count must be positive"),
     (["--models", "lstm", "--task", "adding", "--steps", "0"], "steps must be a positive integer"),
+    (["--models", "lstm", "--task", "adding", "--steps", "adding=ten"], "steps.adding must be a positive integer"),
+    (["--models", "lstm", "--task", "adding", "--steps", "adds=10"], "steps: unknown task 'adds'; did you mean 'adding'"),
+    (["--models", "lstm", "--task", "adding", "--steps", "=10"], "steps: '=10' is not TASK=N"),
     (["--models", "lstm", "--task", "adding", "--threshold", "1.5"], "threshold must be in (0, 1]"),
     (["--models", "lstm", "--task", "adding", "--device", "tpu"], "unknown device 'tpu'"),
     (["--models", "lstm", "--task", "adding", "--model-opt", "oops"], "expected KEY=VALUE"),
@@ -153,6 +156,7 @@ def test_unavailable_device_and_unwritable_folder(tmp_path, capsys):
     ("steps = [", "is not valid TOML"),
     ("stepz = 5", "unknown key(s) stepz"),
     ("lengths = ['a']", "lengths: expected positive integers"),
+    ("[steps]\nadding = -3", "steps.adding must be a positive integer"),
 ])
 def test_malformed_config_file(tmp_path, capsys, content, fragment):
     config = tmp_path / "sweep.toml"
@@ -183,6 +187,26 @@ forget_bias = 0.0
     assert set(results["steps"]) == {10} and set(results["seed"]) == {4}
     assert json.loads(results.loc["lstm", "model_options"]) == {"forget_bias": 0.0}
     assert json.loads(results.loc["cifg", "model_options"]) == {}
+
+
+def test_per_task_budgets_from_file_and_command_line(tmp_path):
+    from harness.plugin_manager import get_state
+
+    config = tmp_path / "sweep.toml"
+    config.write_text("[steps]\nrecall = 10\n")  # adding keeps its own default budget
+    out = tmp_path / "run"
+    tiny = [a for a in TINY if a not in ("--steps", "20")]
+    grid = ["--models", "rnn", "--task", "recall,adding", *tiny, "--lengths", "3", "--seeds", "1", "--out", str(out)]
+    assert run_cli("--config", str(config), *grid) == 0
+    budgets = pd.read_csv(out / "results.csv").groupby("task")["max_steps"].first().to_dict()
+    adding_default = get_state().tasks.get("adding").load().default_steps
+    assert budgets == {"recall": 10, "adding": adding_default}
+    assert json.loads((out / "run.json").read_text())["hyperparameters"]["steps"] == budgets
+    # The command line overrides the file; a different budget for the same folder is refused.
+    assert run_cli("--config", str(config), *grid, "--steps", "recall=30") == 2
+    assert run_cli("--config", str(config), *grid, "--steps", "recall=10,adding=%d" % adding_default) == 0
+    # A budget for a known task outside the sweep is not used (one file can serve every task).
+    assert run_cli(*grid, "--task", "recall", "--steps", "recall=10,copy=5") == 0
 
 
 def test_help_and_listings_do_not_import_torch():
