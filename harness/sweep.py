@@ -17,6 +17,7 @@ from typing import Any
 
 from harness.config import SweepConfig, options_for
 from harness.errors import HarnessError
+from harness.registry import Registry
 from harness.results_io import ResultStore, write_json
 from harness.training import TrialOutcome, TrialSpec
 
@@ -87,7 +88,7 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     return SweepPlan(config, device, out, lengths, steps, specs, resolve_workers(config.workers, device, len(specs)))
 
 
-def _by_task_name(option: str, value: Any, registry: Any) -> Any:
+def _by_task_name(option: str, value: Any, registry: Registry) -> Any:
     """A per-task table keyed by canonical task names (aliases resolved). A name that is no
     registered task is an error; a known task outside this sweep is simply not used, so one
     config file can hold the budgets of every task and a command can sweep a subset."""
