@@ -6,7 +6,7 @@ anything, so the allocator setting cannot change inside one process):
   plain/default    a plain loop: nn.LSTM + nn.Linear, Adam, clipping, a fresh adding-problem batch
                    every step, glibc's default allocator (what a user's own script does)
   plain/tuned      the same loop after harness.allocator.tune_malloc()
-  harness/tuned    harness.training.run_trial (lstm, adding), as `harness run` runs it
+  harness/tuned    harness.runs.training.run_trial (lstm, adding), as `harness run` runs it
   harness/default  the same trial with HARNESS_MALLOC=default
 
 Both loops time every step from the first (the harness's own train_seconds; the plain loop
@@ -35,7 +35,7 @@ CONFIGS = ("plain/default", "plain/tuned", "harness/tuned", "harness/default")
 def child(config: str, length: int, steps: int, batch: int, hidden: int, threads: int) -> dict:
     loop, malloc = config.split("/")
     if malloc == "tuned":
-        from harness.allocator import tune_malloc
+        from harness.runs.allocator import tune_malloc
 
         assert tune_malloc(), "mallopt failed"
     import resource
@@ -47,7 +47,7 @@ def child(config: str, length: int, steps: int, batch: int, hidden: int, threads
     if loop == "plain":
         seconds = plain_loop(length, steps, batch, hidden)
     else:
-        from harness.training import TrialSpec, run_trial
+        from harness.runs.training import TrialSpec, run_trial
 
         spec = TrialSpec(model="lstm", task="adding", length=length, seed=0, steps=steps,
                          batch_size=batch, hidden_size=hidden, eval_every=steps, eval_size=256,

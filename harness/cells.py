@@ -15,7 +15,7 @@ concatenation of a few inputs (see docs/performance.md). The inputs are unbound 
 ``x[:, t]`` inside the loop would make the backward pass quadratic in the length.
 
 The built-in cells (``harness.plugins.gated_cell_models``) run their pointwise step through fused CPU
-kernels when available (``harness.cell_kernels``; ``HARNESS_FUSED=0`` turns them off); their eager
+kernels when available (``harness.plugins.cell_kernels``; ``HARNESS_FUSED=0`` turns them off); their eager
 equations remain the reference.
 """
 

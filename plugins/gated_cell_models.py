@@ -1,6 +1,6 @@
 """Peephole LSTM and CIFG cells (equations in SPEC §3), both on :class:`harness.cells.CellLoop`.
 
-On the CPU, ``step`` runs the fused kernels of :mod:`harness.cell_kernels` (same equations, one
+On the CPU, ``step`` runs the fused kernels of :mod:`harness.plugins.cell_kernels` (same equations, one
 pass forward and one backward); elsewhere, or with ``HARNESS_FUSED=0``, the eager equations below.
 """
 
@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from harness import cell_kernels
+from harness.plugins import cell_kernels
 from harness.cells import CellLoop, GatedCell, State
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import plugin_manager
+from harness.registry import loader as plugin_manager
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from harness.bench import BenchConfig, format_report, measure_peak_in_child, run_bench
+from harness.runs.bench import BenchConfig, format_report, measure_peak_in_child, run_bench
 from harness.cli import main
 from tests import plugin_sources as src
 
@@ -41,7 +41,7 @@ def test_bench_json_has_every_model_and_length(capsys):
 
 
 def test_bench_defaults_to_every_registered_model(capsys):
-    from harness.plugin_manager import get_state
+    from harness.registry.loader import get_state
 
     assert main(["bench", *TINY[:2], "--lengths", "2", *TINY[4:], "--no-memory", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["results"]

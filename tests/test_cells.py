@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import cell_kernels
+from harness.plugins import cell_kernels
 from harness.plugins.gated_cell_models import build_cifg, build_peephole
 
 B, H, IN, T = 5, 13, 3, 9

@@ -20,7 +20,7 @@ from torch import nn
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.plugin_manager import get_state
+from harness.registry.loader import get_state
 from harness.task_api import Batch, Task
 from harness.testing import check_model, check_task
 

@@ -19,7 +19,7 @@ import pytest
 
 from harness import hookspecs, testing
 from harness.cli import build_parser
-from harness.plugin_manager import HOOK_NAMES, load_plugins
+from harness.registry.loader import HOOK_NAMES, load_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "plugins.md").read_text()
@@ -93,7 +93,7 @@ def test_every_check_name_is_documented():
 
 
 def test_every_plugin_setting_is_documented():
-    source = (ROOT / "harness" / "plugin_manager.py").read_text()
+    source = (ROOT / "harness" / "registry" / "loader.py").read_text()
     variables = set(re.findall(r"HARNESS_[A-Z_]+", source))
     assert {"HARNESS_PLUGINS", "HARNESS_STRICT_PLUGINS", "HARNESS_EXTRA_PLUGINS"} <= variables
     for variable in variables:
@@ -165,7 +165,7 @@ def test_tutorial_package_registers_lazily(tutorial_dir):
 @pytest.mark.parametrize("path", ["README.md", "results/reference/config.toml"])
 def test_documented_sweep_configs_are_valid(path, tmp_path):
     """Every TOML sweep config the README shows, and the reference config, loads and validates."""
-    from harness.config import load_config_file, normalise
+    from harness.runs.config import load_config_file, normalise
 
     text = (ROOT / path).read_text()
     blocks = re.findall(r"```toml\n(.*?)```", text, re.S) if path.endswith(".md") else [text]

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.plugin_manager import load_plugins
+from harness.registry.loader import load_plugins
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "harness-mgu"
 SRC = EXAMPLE / "src"
@@ -48,7 +48,7 @@ def test_example_declares_a_harness_entry_point():
 
 def test_plugin_module_imports_no_torch():
     code = (f"import sys; sys.path.insert(0, {str(SRC)!r}); import harness_mgu.plugin; "
-            "from harness.plugin_manager import load_plugins; "
+            "from harness.registry.loader import load_plugins; "
             "s = load_plugins(entry_points=False, extra=['harness_mgu.plugin']); "
             "assert 'mgu' in s.models and 'temporal_order' in s.tasks; "
             "print(sorted(m for m in ('torch', 'harness_mgu.mgu', 'harness_mgu.temporal_order') if m in sys.modules))")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.training import TrialSpec, run_trial
+from harness.runs.training import TrialSpec, run_trial
 
 SEEDS = (0, 1, 2, 3)
 BUDGET = dict(task="recall", length=50, steps=500, eval_every=50, eval_size=256, hidden_size=64,

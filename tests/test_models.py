@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from harness.model_api import READOUTS, TaskModel
-from harness.plugin_manager import get_state
+from harness.registry.loader import get_state
 from harness.plugins.gated_cell_models import build_cifg, build_peephole
 
 IN, H, B, T = 3, 5, 4, 7

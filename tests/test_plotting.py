@@ -1,4 +1,4 @@
-"""Tests of harness.plotting on small synthetic runs (no training, no torch).
+"""Tests of harness.analysis.plotting on small synthetic runs (no training, no torch).
 
 Figures are built by functions returning ``matplotlib.figure.Figure``; the tests read the drawn
 data back through the artists' ``gid`` (``mean:<model>``, ``chance``, ...) and compare it with
@@ -20,12 +20,12 @@ import pytest
 mpl_image = pytest.importorskip("matplotlib.image")
 
 from harness.errors import HarnessError  # noqa: E402
-from harness.plotting import (  # noqa: E402
+from harness.analysis.plotting import (  # noqa: E402
     confidence_halfwidth, cost_figure, learning_curves_figure, loss_figure, model_style, plot_runs,
     score_figure, steps_figure,
 )
-from harness.plotting import _save  # noqa: E402  (the writer behind plot_runs)
-from harness.report import load_curves, load_results  # noqa: E402
+from harness.analysis.plotting import _save  # noqa: E402  (the writer behind plot_runs)
+from harness.analysis.report import load_curves, load_results  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHANCE = {"copy": 0.125, "recall": 0.2}
@@ -306,7 +306,7 @@ def test_model_styles_are_fixed_and_stable(results):
     assert len(set(builtin)) == 6
     assert model_style("my_model") == model_style("my_model")
     assert model_style("my_model")["color"] not in builtin
-    code = "from harness.plotting import model_style; print(model_style('my_model'))"
+    code = "from harness.analysis.plotting import model_style; print(model_style('my_model'))"
     # A fresh process with another str-hash salt than this one: the same style.
     env = {**os.environ, "PYTHONHASHSEED": "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from harness.errors import HarnessError, PluginError
-from harness.plugin_manager import BUILTIN_PLUGINS, get_state, load_plugins
-from harness.registry import Entry, Registry
+from harness.registry.loader import BUILTIN_PLUGINS, get_state, load_plugins
+from harness.registry.entries import Entry, Registry
 from tests import plugin_sources as src
 
 BUILTIN_MODELS = ["bilstm", "cifg", "gru", "lstm", "peephole", "rnn"]
@@ -28,7 +28,7 @@ def test_builtins_are_ordinary_plugins(monkeypatch):
 
 
 def test_listing_plugins_does_not_import_torch():
-    code = ("import sys; from harness.plugin_manager import get_state; s = get_state(); "
+    code = ("import sys; from harness.registry.loader import get_state; s = get_state(); "
             "assert s.models.names() and s.tasks.names(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

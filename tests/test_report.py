@@ -1,4 +1,4 @@
-"""Tests of harness.report on hand-made results tables (no training, no torch, no matplotlib)."""
+"""Tests of harness.analysis.report on hand-made results tables (no training, no torch, no matplotlib)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from harness.errors import HarnessError
-from harness.report import build_report, format_report, load_results, memory_horizon, normalised_auc
+from harness.analysis.report import build_report, format_report, load_results, memory_horizon, normalised_auc
 
 
 def trial(model: str, task: str, length: int, seed: int, score: float, *, solved: bool | None = None,
@@ -170,6 +170,6 @@ def test_missing_results_file_is_a_harness_error(tmp_path):
 
 
 def test_report_module_does_not_import_matplotlib():
-    code = "import sys, harness.report; print('matplotlib' in sys.modules)"
+    code = "import sys, harness.analysis.report; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

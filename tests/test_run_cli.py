@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.schema import CURVE_COLUMNS, RESULT_COLUMNS
+from harness.runs.schema import CURVE_COLUMNS, RESULT_COLUMNS
 from tests import plugin_sources as src
 
 TINY = ["--lengths", "3,6", "--seeds", "2", "--steps", "20", "--eval-every", "10", "--eval-size", "64",
@@ -190,7 +190,7 @@ forget_bias = 0.0
 
 
 def test_per_task_budgets_from_file_and_command_line(tmp_path):
-    from harness.plugin_manager import get_state
+    from harness.registry.loader import get_state
 
     config = tmp_path / "sweep.toml"
     config.write_text("[steps]\nrecall = 10\n")  # adding keeps its own default budget

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
-from harness.plugin_manager import get_state
+from harness.registry.loader import get_state
 
 TASKS = ("copy", "adding", "recall")
 BIG = 20_000  # samples for statistical checks

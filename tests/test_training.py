@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from harness.seeding import EVAL_DATA, INIT, TRAIN_DATA, derive_seed
-from harness.training import TrialSpec, evaluation_set, make_generator, run_trial
+from harness.runs.seeding import EVAL_DATA, INIT, TRAIN_DATA, derive_seed
+from harness.runs.training import TrialSpec, evaluation_set, make_generator, run_trial
 
 TINY = dict(steps=20, eval_every=10, eval_size=64, hidden_size=8, batch_size=16)
 
@@ -24,7 +24,7 @@ def test_seed_streams_never_collide():
 @pytest.mark.parametrize("task", ["copy", "recall", "adding"])
 def test_evaluation_data_never_appears_in_training_data(task):
     spec = TrialSpec(model="lstm", task=task, length=4, seed=3, **TINY)
-    from harness.training import build_task
+    from harness.runs.training import build_task
 
     built = build_task(spec)
     eval_inputs = torch.cat([b.inputs for b in evaluation_set(built, spec, torch.device("cpu"))])
@@ -43,7 +43,7 @@ def test_evaluation_set_is_the_same_for_every_model():
     sets = []
     for model in ("lstm", "rnn"):
         spec = TrialSpec(model=model, task="copy", length=5, seed=7, **TINY)
-        from harness.training import build_task
+        from harness.runs.training import build_task
 
         sets.append(evaluation_set(build_task(spec), spec, torch.device("cpu")))
     assert all(torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets) for a, b in zip(*sets))

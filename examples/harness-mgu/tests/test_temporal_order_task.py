@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from harness.plugin_manager import load_plugins
+from harness.registry.loader import load_plugins
 from harness.testing import check_task
 from harness_mgu.temporal_order import START, TRIGGER, X, Y, TemporalOrder
 

@@ -15,7 +15,7 @@ Peak memory:
   settings and threads) builds the model, reads its resident set size (``VmRSS``), runs
   ``warmup + 1`` steps, and reports the growth of the peak resident set size (``VmHWM`` in
   ``/proc/self/status``) over that baseline: what the training steps cost the process, including
-  memory the allocator keeps instead of returning (see ``harness.allocator``). A fresh process
+  memory the allocator keeps instead of returning (see ``harness.runs.allocator``). A fresh process
   per measurement is needed because a process's peak never goes down and freed memory may stay
   mapped. Where ``/proc`` is missing (not Linux), ``ru_maxrss`` growth is used instead.
 - CUDA: ``torch.cuda.max_memory_allocated`` over the same steps, minus what was allocated before,
@@ -76,7 +76,7 @@ class _Subject:
         import torch
 
         from harness.model_api import TaskModel
-        from harness.plugin_manager import get_model
+        from harness.registry.loader import get_model
 
         self.device = torch.device(config.device)
         torch.manual_seed(0)
@@ -211,7 +211,7 @@ def measure_peak_in_child(name: str, config: BenchConfig, length: int, timeout: 
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[variable] = str(config.threads)
     payload = json.dumps({"name": name, "length": length, "config": asdict(config)})
-    completed = subprocess.run([sys.executable, "-m", "harness.bench", "--memory-probe", payload],
+    completed = subprocess.run([sys.executable, "-m", "harness.runs.bench", "--memory-probe", payload],
                                capture_output=True, text=True, env=env, timeout=timeout)
     for line in reversed(completed.stdout.splitlines()):
         if line.startswith("{"):
@@ -225,7 +225,7 @@ def measure_peak_in_child(name: str, config: BenchConfig, length: int, timeout: 
 
 def _memory_probe(payload: str) -> int:
     """Child side of :func:`measure_peak_in_child`: print ``{"peak_mb": ...}`` as the last line."""
-    from harness.allocator import tune_malloc
+    from harness.runs.allocator import tune_malloc
 
     tune_malloc()  # before torch allocates anything, as in the parent (HARNESS_MALLOC applies)
     request = json.loads(payload)
@@ -253,8 +253,8 @@ def run_bench(config: BenchConfig, progress=None) -> dict[str, Any]:
     """Time (and measure) every model at every length; return a JSON-ready report."""
     import torch
 
-    from harness.allocator import malloc_tuned
-    from harness.environment import available_cores, cpu_name
+    from harness.runs.allocator import malloc_tuned
+    from harness.runs.environment import available_cores, cpu_name
 
     torch.set_num_threads(config.threads)
     started = time.perf_counter()

@@ -12,8 +12,8 @@ import multiprocessing
 import os
 from typing import Callable, Iterable, Iterator, Protocol
 
-from harness.environment import available_cores
-from harness.training import TrialOutcome, TrialSpec, error_outcome
+from harness.runs.environment import available_cores
+from harness.runs.training import TrialOutcome, TrialSpec, error_outcome
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -37,7 +37,7 @@ class InProcessExecutor:
     def run(self, specs: Iterable[TrialSpec], on_start: Callable[[TrialSpec], None]) -> Iterator[TrialOutcome]:
         import torch
 
-        from harness.training import prepare_process, run_trial
+        from harness.runs.training import prepare_process, run_trial
 
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
@@ -57,19 +57,19 @@ def _init_worker(threads: int, extra_plugins: str) -> None:
         os.environ[name] = str(threads)
     if extra_plugins:
         os.environ["HARNESS_EXTRA_PLUGINS"] = extra_plugins
-    from harness.allocator import tune_malloc
+    from harness.runs.allocator import tune_malloc
 
     tune_malloc()
     import torch
 
     torch.set_num_threads(threads)
-    from harness.training import prepare_process
+    from harness.runs.training import prepare_process
 
     prepare_process()
 
 
 def _run_in_worker(spec: TrialSpec) -> TrialOutcome:
-    from harness.training import run_trial
+    from harness.runs.training import run_trial
 
     return run_trial(spec)
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.model_api import READOUTS, TaskModel
-from harness.registry import Entry
+from harness.registry.entries import Entry
 
 __all__ = ["check_model", "check_task"]
 
@@ -52,7 +52,7 @@ def _shape(t: Any) -> str:
 def _resolve(target: Any, kind: str) -> tuple[Callable[..., Any], str, str | None]:
     """(factory, label for messages, registered name or None) for a name, an Entry or a callable."""
     if isinstance(target, str):
-        from harness.plugin_manager import get_state
+        from harness.registry.loader import get_state
 
         state = get_state()
         entry = (state.models if kind == "model" else state.tasks).get(target)
@@ -534,7 +534,7 @@ def check_task(task: Any, length: int | None = None, *, options: dict[str, Any] 
 
 def _resolve_class(task: Any) -> Any:
     """The object a registered task's lazy target points at (usually the Task subclass)."""
-    from harness.plugin_manager import get_state
+    from harness.registry.loader import get_state
 
     entry = task if isinstance(task, Entry) else get_state().tasks.get(task)
     return entry.load()

@@ -15,11 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.config import SweepConfig, options_for
+from harness.runs.config import SweepConfig, options_for
 from harness.errors import HarnessError
-from harness.registry import Registry
-from harness.results_io import ResultStore, write_json
-from harness.training import TrialOutcome, TrialSpec
+from harness.registry.entries import Registry
+from harness.runs.store import ResultStore, write_json
+from harness.runs.training import TrialOutcome, TrialSpec
 
 HYPERPARAMETERS = ("steps", "batch_size", "hidden_size", "lr", "eval_every", "eval_size", "threshold",
                    "clip", "device", "model_options", "task_options")
@@ -49,8 +49,8 @@ def default_out_dir() -> Path:
 
 def plan_sweep(config: SweepConfig) -> SweepPlan:
     """Validate every name, length, option and the device, and list the trials; trains nothing."""
-    from harness.environment import resolve_device
-    from harness.plugin_manager import get_state
+    from harness.runs.environment import resolve_device
+    from harness.registry.loader import get_state
 
     state = get_state()
     models = [state.models.get(name).name for name in config.models]
@@ -106,7 +106,7 @@ def _by_task_name(option: str, value: Any, registry: Registry) -> Any:
 def resolve_workers(workers: int | str, device: str, trials: int) -> int:
     """``auto``: one worker per core on CPU (small recurrent models scale better across processes
     than across threads), one on an accelerator; never more workers than trials."""
-    from harness.environment import available_cores
+    from harness.runs.environment import available_cores
 
     if workers == "auto":
         workers = available_cores() if device == "cpu" else 1
@@ -156,10 +156,10 @@ def _differs(key: str, before: Any, now: Any) -> bool:
 
 
 def run_metadata(plan: SweepPlan, previous: dict[str, Any] | None, started_at: str) -> dict[str, Any]:
-    from harness.allocator import malloc_tuned
-    from harness.environment import device_details, versions
-    from harness.executors import threads_per_worker
-    from harness.plugin_manager import get_state
+    from harness.runs.allocator import malloc_tuned
+    from harness.runs.environment import device_details, versions
+    from harness.runs.executors import threads_per_worker
+    from harness.registry.loader import get_state
 
     hyperparameters = plan.hyperparameters()
     if previous:  # keep the budgets of tasks this command does not sweep
@@ -199,7 +199,7 @@ def run_sweep(plan: SweepPlan, previous: dict[str, Any] | None, progress: bool =
 
     ``previous`` is what :func:`prepare_out_dir` returned for the plan's folder.
     """
-    from harness.executors import make_executor
+    from harness.runs.executors import make_executor
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     store = ResultStore(plan.out)

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from harness.schema import CURVE_COLUMNS, RESULT_COLUMNS, TRIAL_KEY
+from harness.runs.schema import CURVE_COLUMNS, RESULT_COLUMNS, TRIAL_KEY
 
 
 def atomic_write_text(path: Path, text: str) -> None:

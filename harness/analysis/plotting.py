@@ -28,7 +28,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from harness.errors import HarnessError
-from harness.report import load_curves, load_results, model_order, valid_trials
+from harness.analysis.report import load_curves, load_results, model_order, valid_trials
 
 __all__ = ["plot_runs", "model_style", "score_figure", "loss_figure", "steps_figure",
            "learning_curves_figure", "cost_figure", "confidence_halfwidth", "FIGURE_NAMES"]

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 import harness
-from harness.config import SweepConfig
+from harness.runs.config import SweepConfig
 from harness.model_api import TaskModel, count_parameters
-from harness.plugin_manager import get_model, get_task
-from harness.seeding import EVAL_DATA, INIT, TRAIN_DATA, derive_seed
+from harness.registry.loader import get_model, get_task
+from harness.runs.seeding import EVAL_DATA, INIT, TRAIN_DATA, derive_seed
 from harness.task_api import Batch, Task
 
 EVAL_BATCH = 256
@@ -159,8 +159,8 @@ def prepare_process() -> None:
     or loaded; without this the first trial of every worker would be seconds slower than the rest.
     """
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
-    from harness import cell_kernels
-    from harness.plugin_manager import get_state
+    from harness.plugins import cell_kernels
+    from harness.registry.loader import get_state
 
     get_state()
     cell_kernels.status()

@@ -1,9 +1,9 @@
 """Summary tables of one or more runs: per-length scores, memory horizon and area under the curve.
 
 Reads ``results.csv`` (and, for the plots, ``curves.csv``) from run folders; column names are those
-of :mod:`harness.schema`. Uses pandas and numpy only, so the CLI can import it without matplotlib.
+of :mod:`harness.runs.schema`. Uses pandas and numpy only, so the CLI can import it without matplotlib.
 
-Definitions used throughout (``harness.plotting`` shares them):
+Definitions used throughout (``harness.analysis.plotting`` shares them):
 
 * Trials with ``status == "error"`` have no meaningful score: they are left out of every mean,
   standard deviation, horizon and area, and counted in ``n_errors``. ``diverged`` trials keep their
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
-from harness.schema import CURVE_COLUMNS, TRIAL_KEY
+from harness.runs.schema import CURVE_COLUMNS, TRIAL_KEY
 
 __all__ = ["build_report", "format_report", "load_results", "load_curves", "model_order",
            "valid_trials", "solved_flags", "memory_horizon", "normalised_auc", "length_column",

@@ -133,7 +133,7 @@ def _apply_plugin_options(args: argparse.Namespace) -> None:
 
 
 def cmd_listing(args: argparse.Namespace) -> int:
-    from harness.plugin_manager import get_state
+    from harness.registry.loader import get_state
 
     state = get_state()
     if args.command == "plugins":
@@ -170,7 +170,7 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from harness.config import load_config_file, merge_options, normalise
+    from harness.runs.config import load_config_file, merge_options, normalise
 
     raw: dict[str, Any] = load_config_file(args.config) if args.config else {}
     for key in ("models", "tasks", "lengths", "seeds", "steps", "batch_size", "hidden_size", "lr", "clip",
@@ -184,11 +184,11 @@ def config_from_args(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.allocator import tune_malloc
+    from harness.runs.allocator import tune_malloc
 
     tune_malloc()  # before torch allocates anything
-    from harness.summary import print_summary
-    from harness.sweep import plan_sweep, prepare_out_dir, run_sweep
+    from harness.analysis.summary import print_summary
+    from harness.runs.sweep import plan_sweep, prepare_out_dir, run_sweep
 
     plan = plan_sweep(config_from_args(args))
     previous = prepare_out_dir(plan)
@@ -213,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _draw_figures(out) -> None:
     """Draw the run's figures (score vs length first); a plotting failure is only a warning."""
     try:
-        from harness.plotting import plot_runs
+        from harness.analysis.plotting import plot_runs
 
         paths = plot_runs([out], formats=("png",))
     except Exception as exc:  # a figure must never cost the user their results
@@ -226,7 +226,7 @@ def _draw_figures(out) -> None:
 def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness.plotting import plot_runs
+    from harness.analysis.plotting import plot_runs
 
     curves_for = None
     if args.curves:
@@ -243,7 +243,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import build_report, format_report
+    from harness.analysis.report import build_report, format_report
 
     dirs = [_existing_run_dir(d) for d in args.run_dirs]
     print(format_report(build_report(dirs, threshold=args.threshold), args.format))
@@ -251,13 +251,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness.allocator import tune_malloc
+    from harness.runs.allocator import tune_malloc
 
     tune_malloc()  # before torch allocates anything, as 'harness run' does
-    from harness.bench import BenchConfig, format_report, run_bench
-    from harness.config import parse_int_list
-    from harness.environment import available_cores, resolve_device
-    from harness.plugin_manager import get_state
+    from harness.runs.bench import BenchConfig, format_report, run_bench
+    from harness.runs.config import parse_int_list
+    from harness.runs.environment import available_cores, resolve_device
+    from harness.registry.loader import get_state
 
     registry = get_state().models
     if args.models:
@@ -266,7 +266,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise HarnessError("--models: empty list")
     else:
         names = registry.names()
-    from harness.bench import REFERENCE
+    from harness.runs.bench import REFERENCE
 
     if REFERENCE in registry and REFERENCE not in names:
         names.insert(0, REFERENCE)  # the reference the ratios are taken to

@@ -1,0 +1,1 @@
+"""Reports and figures from run folders (pandas and matplotlib; no torch)."""
