@@ -72,6 +72,10 @@ class CellLoop(nn.Module):
         super().__init__()
         self.cell = cell
         self.output_size = cell.hidden_size
+        #: With ``keep_states`` set, a forward pass leaves its hidden states h_0..h_{T-1} in ``states``
+        #: (the gradient-flow measurement reads ‖∂L/∂h_t‖ from them).
+        self.keep_states = False
+        self.states: list[torch.Tensor] | None = None
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cell = self.cell
@@ -83,4 +87,6 @@ class CellLoop(nn.Module):
             gates = torch.addmm(bias, torch.cat([x_t, state[0]], 1), weight)
             state = cell.step(gates, state)
             outputs.append(state[0])
+        if self.keep_states:
+            self.states = outputs
         return torch.stack(outputs, 1), outputs[-1]

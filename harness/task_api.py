@@ -42,6 +42,14 @@ class Task(ABC):
     default_lengths: ClassVar[tuple[int, ...]] = (5, 10, 20, 40)
     default_steps: ClassVar[int] = 1000
     min_length: ClassVar[int] = 1
+    #: What counts as remembering at a length (``harness horizon``, horizons in reports): see
+    #: ``harness.analysis.criteria``. The default, a score 90 % of the way from chance to perfect,
+    #: suits any task with a score and a chance level; regression tasks may prefer ``loss:0.1``.
+    horizon_criterion: ClassVar[str] = "normalised:0.9"
+    #: True when the information a trial needs sits at distance 0 for a model that reads the sequence
+    #: backwards (e.g. a key at the first step), so a bidirectional model's horizon is unbounded by
+    #: construction: reports flag such results instead of ranking them.
+    bidirectional_shortcut: ClassVar[bool] = False
 
     def __init__(self, length: int) -> None:
         if isinstance(length, bool) or not isinstance(length, numbers.Integral) or length < self.min_length:

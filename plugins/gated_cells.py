@@ -7,7 +7,8 @@ _IMPL = "harness.plugins.gated_cell_models"
 
 @hookimpl
 def register_models(register):
-    register("peephole", f"{_IMPL}:build_peephole", defaults={"forget_bias": 1.0},
+    register("peephole", f"{_IMPL}:build_peephole", order=40, style={"color": "#2ca02c", "marker": "D"},
              description="LSTM with diagonal peepholes p_i, p_f on c_t-1 and p_o on c_t (Gers & Schmidhuber 2000).")
-    register("cifg", f"{_IMPL}:build_cifg", aliases=("coupled",), defaults={"input_bias": -1.0},
+    register("cifg", f"{_IMPL}:build_cifg", aliases=("coupled",), order=50,
+             style={"color": "#9467bd", "marker": "v"},
              description="Coupled input-forget gate LSTM: f = 1 - i, three gates (Greff et al. 2017).")

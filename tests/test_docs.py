@@ -165,12 +165,15 @@ def test_tutorial_package_registers_lazily(tutorial_dir):
 @pytest.mark.parametrize("path", ["README.md", "results/reference/config.toml"])
 def test_documented_sweep_configs_are_valid(path, tmp_path):
     """Every TOML sweep config the README shows, and the reference config, loads and validates."""
-    from harness.runs.config import load_config_file, normalise
+    from harness.runs import settings
+    from harness.runs.config import SweepConfig, load_config_file
+    from harness.runs.plan import plan_sweep
 
+    roles = (settings.GRID, settings.TRIAL, settings.RUN)
     text = (ROOT / path).read_text()
     blocks = re.findall(r"```toml\n(.*?)```", text, re.S) if path.endswith(".md") else [text]
     assert blocks
     for i, block in enumerate(blocks):
         config = tmp_path / f"block{i}.toml"
         config.write_text(block)
-        normalise(load_config_file(config))
+        plan_sweep(SweepConfig.from_raw(load_config_file(config, roles), roles))  # names and options too

@@ -75,7 +75,7 @@ def test_run_with_the_plugin_file_given_by_path(tmp_path, local_plugin_env, caps
     plugins = json.loads((out / "run.json").read_text())["plugins"]
     local = [p for p in plugins if p["source"] == "command line"]
     assert [p["name"] for p in local] == [str(PLUGIN_FILE)] and local[0]["status"] == "loaded"
-    assert "task temporal_order" in capsys.readouterr().out  # the summary table
+    assert "## temporal_order" in capsys.readouterr().out  # the summary table
 
 
 def test_listings_with_the_plugin_module_from_the_environment(local_plugin_env, monkeypatch, capsys):

@@ -44,10 +44,14 @@ def test_report_formats(run_dir, capsys):
     capsys.readouterr()
     assert main(["report", str(run_dir), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {r["model"] for r in rows} == {"lstm", "rnn"}
-    assert all("memory_horizon" in r and "auc" in r for r in rows)
+    assert {(r["model"], r["length"]) for r in rows} == {(m, t) for m in ("lstm", "rnn") for t in (3, 6)}
+    assert all({"score_mean", "score_std", "horizon", "criterion", "n_seeds"} <= set(r) for r in rows)
+    assert main(["report", str(run_dir), "--format", "csv"]) == 0
+    table = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    assert len(table) == 4 and set(table["criterion"]) == {"normalised:0.9"}
     assert main(["report", str(run_dir)]) == 0
-    assert "recall" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "## recall" in text and "memory horizons" in text
 
 
 def test_two_workers_give_the_same_numbers_as_one(run_dir, tmp_path):

@@ -25,7 +25,7 @@ from harness.analysis.plotting import (  # noqa: E402
     score_figure, steps_figure,
 )
 from harness.analysis.plotting import _save  # noqa: E402  (the writer behind plot_runs)
-from harness.analysis.report import load_curves, load_results  # noqa: E402
+from harness.analysis.results import load_curves, load_results  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHANCE = {"copy": 0.125, "recall": 0.2}
@@ -123,7 +123,7 @@ def test_plot_runs_writes_every_figure_as_valid_png(tmp_path):
     paths = plot_runs([run])
     names = sorted(p.name for p in paths)
     assert names == sorted(["score_vs_length.png", "loss_vs_length.png", "steps_to_solve.png",
-                            "learning_curves.png", "cost.png"])
+                            "learning_curves.png", "cost.png", "horizons.png"])
     for path in paths:
         assert path.parent == run  # default output folder: the first run folder
         assert path.read_bytes()[:8] == PNG_SIGNATURE
@@ -156,7 +156,8 @@ def test_file_names_and_output_folder(run, tmp_path, monkeypatch):
     assert paths == saved
     assert {p.parent for p in paths} == {run}  # default: the first run folder
     assert {p.name for p in paths} == {f"{stem}.{fmt}" for fmt in ("png", "svg") for stem in (
-        "score_vs_length", "loss_vs_length", "steps_to_solve", "learning_curves_my_model_copy", "cost")}
+        "score_vs_length", "loss_vs_length", "steps_to_solve", "learning_curves_my_model_copy", "cost",
+        "horizons")}
     with pytest.raises(HarnessError, match="my_model/recall"):
         plot_runs([run], curves_for=("my_model", "recall"))
     with pytest.raises(HarnessError, match="format"):

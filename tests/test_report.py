@@ -1,4 +1,5 @@
-"""Tests of harness.analysis.report on hand-made results tables (no training, no torch, no matplotlib)."""
+"""Tests of ``harness report`` on hand-made results tables (no training, no torch, no matplotlib):
+score tables, horizons with their criterion, settings axes and selection on validation."""
 
 from __future__ import annotations
 
@@ -13,20 +14,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from harness.analysis.report import full_report, normalised_auc, prepare, score_table
+from harness.analysis.results import axes, load_results, select_best
 from harness.errors import HarnessError
-from harness.analysis.report import build_report, format_report, load_results, memory_horizon, normalised_auc
 
 
-def trial(model: str, task: str, length: int, seed: int, score: float, *, solved: bool | None = None,
-          status: str = "ok", best_score: float | None = None) -> dict:
-    solved = score >= 0.99 if solved is None else solved
+def trial(model: str, task: str, length: int, seed: int, score: float, *, status: str = "ok",
+          val_score: float | None = None, lr: float = 1e-3, config: str = "c1", criterion: str = "normalised:0.9",
+          loss: float | None = None) -> dict:
     return {
-        "model": model, "task": task, "length": length, "seed": seed, "status": status,
-        "score": score, "loss": 1.0 - score, "best_score": score if best_score is None else best_score,
-        "chance_score": 0.125, "memoryless_loss": math.log(8), "solved": solved,
-        "steps_to_solve": 100 if solved else None, "steps": 100 if solved else 1000,
-        "max_steps": 1000, "train_seconds": 1.0, "seconds_per_step": 0.001,
-        "error": "boom" if status == "error" else None,
+        "model": model, "task": task, "length": length, "seed": seed, "config_id": config, "status": status,
+        "score": score, "loss": 1.0 - score if loss is None else loss,
+        "val_score": score if val_score is None else val_score, "val_loss": 1.0 - (score if val_score is None
+                                                                                   else val_score),
+        "chance_score": 0.125, "memoryless_loss": math.log(8), "task_criterion": criterion,
+        "solved": score >= 0.99, "steps": 100, "max_steps": 1000, "lr": lr, "threshold": 0.99,
+        "train_seconds": 1.0, "seconds_per_step": 0.001, "trial_seconds": 1.1,
+        "model_options": "{}", "task_options": "{}", "error": "boom" if status == "error" else None,
     }
 
 
@@ -36,140 +40,151 @@ def write_run(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def row_of(df: pd.DataFrame, model: str, task: str = "recall") -> pd.Series:
-    match = df[(df["model"] == model) & (df["task"] == task)]
-    assert len(match) == 1
-    return match.iloc[0]
-
-
-def test_memory_horizon_is_largest_length_solved_by_a_majority(tmp_path):
-    rows = []
-    solved_counts = {10: 3, 50: 2, 100: 1, 200: 0}
-    for length, count in solved_counts.items():
-        for seed in range(3):
-            rows.append(trial("lstm", "recall", length, seed, 1.0 if seed < count else 0.3))
-            rows.append(trial("rnn", "recall", length, seed, 0.2))
-    df = build_report([write_run(tmp_path / "run", rows)])
-    assert row_of(df, "lstm")["memory_horizon"] == 50
-    assert row_of(df, "rnn")["memory_horizon"] == 0  # never solved: 0, not missing
-
-
-def test_memory_horizon_takes_lengths_independently():
-    # Unsolved at 50, solved by 2 of 3 at 100: the documented definition gives 100.
-    lengths = [10] * 3 + [50] * 3 + [100] * 3
-    solved = [True] * 3 + [False] * 3 + [True, True, False]
-    assert memory_horizon(lengths, solved) == 100
-    assert memory_horizon([10, 10], [True, False]) == 0  # a tie is no majority
-    assert memory_horizon([], []) == 0
+def table_of(run: Path, **kwargs) -> pd.DataFrame:
+    results, names = prepare([run], kwargs.pop("select", "all"))
+    return score_table(results, names, kwargs.pop("criterion", "default"))
 
 
 def test_normalised_auc_over_log_length():
     assert normalised_auc([10, 100, 1000], [1.0, 1.0, 1.0]) == pytest.approx(1.0)
     assert normalised_auc([10, 100], [1.0, 0.0]) == pytest.approx(0.5)
     assert normalised_auc([10, 100, 1000], [1.0, 1.0, 0.0]) == pytest.approx(0.75)
-    # Unequal steps in log length: log 2 at score 1, then log 5 with mean score 0.5.
-    expected = (math.log(2) * 1.0 + math.log(5) * 0.5) / math.log(10)
+    expected = (math.log(2) * 1.0 + math.log(5) * 0.5) / math.log(10)  # unequal steps in log T
     assert normalised_auc([20, 10, 100], [1.0, 1.0, 0.0]) == pytest.approx(expected)
     assert normalised_auc([50], [0.4]) == pytest.approx(0.4)
     assert math.isnan(normalised_auc([], []))
 
 
-def test_report_auc_and_mean_std_columns(tmp_path):
-    rows = [trial("gru", "recall", 10, s, v) for s, v in enumerate((0.4, 0.5, 0.6))]
-    rows += [trial("gru", "recall", 100, s, 0.5) for s in range(3)]
-    rows += [trial("cifg", "recall", 10, 0, 0.7)]
-    df = build_report([write_run(tmp_path / "run", rows)])
-    gru, cifg = row_of(df, "gru"), row_of(df, "cifg")
-    assert gru["T=10"] == "0.500 ± 0.100"
-    assert gru["T=100"] == "0.500 ± 0.000"
-    assert gru["auc"] == pytest.approx(0.5)
-    assert cifg["T=10"] == "0.700"            # one seed: the mean alone
-    assert pd.isna(cifg["T=100"])             # not tested for cifg
-    assert cifg["auc"] == pytest.approx(0.7)  # one length: that score
-    assert list(df["model"]) == ["gru", "cifg"]  # built-in order, not alphabetical
-
-
-def test_error_rows_are_excluded_from_means_but_counted(tmp_path):
+def test_score_table_means_spreads_and_errors(tmp_path):
     rows = [trial("lstm", "copy", 10, 0, 0.8), trial("lstm", "copy", 10, 1, 0.6),
             trial("lstm", "copy", 10, 2, 0.0, status="error"),
-            trial("lstm", "copy", 20, 0, 1.0), trial("lstm", "copy", 20, 1, 0.9, status="diverged"),
-            trial("lstm", "copy", 50, 0, 0.0, status="error")]
-    df = build_report([write_run(tmp_path / "run", rows)])
-    lstm = row_of(df, "lstm", "copy")
-    assert lstm["T=10"].startswith("0.700 ± ")    # (0.8 + 0.6) / 2, the error's 0.0 left out
-    assert lstm["T=20"].startswith("0.950 ± ")    # the diverged trial counts
-    assert lstm["T=50"] == "error"                # tested, but only errors
-    assert lstm["n_errors"] == 2
-    assert lstm["n_diverged"] == 1
-    assert lstm["n_seeds"] == 3
-    # AUC uses only lengths with a valid score: 0.7 at 10 and 0.95 at 20.
-    assert lstm["auc"] == pytest.approx((0.7 + 0.95) / 2)
+            trial("lstm", "copy", 20, 0, 1.0), trial("lstm", "copy", 20, 1, 0.9, status="diverged")]
+    table = table_of(write_run(tmp_path / "run", rows)).set_index("length")
+    assert table.loc[10, "score_mean"] == pytest.approx(0.7)        # the error's 0.0 left out
+    assert table.loc[10, "score_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert table.loc[10, "n_errors"] == 1 and table.loc[10, "n_seeds"] == 3
+    assert table.loc[20, "score_mean"] == pytest.approx(0.95)       # diverged trials count
+    assert table.loc[20, "n_diverged"] == 1
 
 
-def test_threshold_rederives_solved_from_best_score(tmp_path):
-    rows = [trial("lstm", "recall", 10, s, 0.6, best_score=0.8, solved=False) for s in range(3)]
-    rows += [trial("lstm", "recall", 50, s, 0.4, best_score=0.4, solved=False) for s in range(3)]
+def test_horizon_uses_the_task_criterion_and_interpolates(tmp_path):
+    # normalised score (s - 1/8) / (7/8) >= 0.9 means s >= 0.9125: passes at 10 and 20, fails at 40
+    rows = [trial("lstm", "recall", n, s, score) for s in range(3)
+            for n, score in ((10, 1.0), (20, 0.96), (40, 0.3))]
+    table = table_of(write_run(tmp_path / "run", rows))
+    horizon = table["horizon"].iloc[0]
+    assert 20 < horizon < 40 and table["criterion"].iloc[0] == "normalised:0.9"
+    # where the normalised score crosses 0.9, linearly in log T between (20, 0.954) and (40, 0.2)
+    m20, m40 = (0.96 - 0.125) / 0.875, (0.3 - 0.125) / 0.875
+    expected = math.exp(math.log(20) + (m20 - 0.9) / (m20 - m40) * math.log(2))
+    assert horizon == pytest.approx(expected)
+    strict = table_of(write_run(tmp_path / "strict", rows), criterion="solved")
+    assert strict["horizon"].iloc[0] < 20  # 0.96 is not solved at the 0.99 threshold
+
+
+def test_loss_criterion_for_regression(tmp_path):
+    # loss:0.1 of a memoryless loss of 1/6: passes below 0.01667 (remembering one value, 1/12, fails)
+    rows = [trial("gru", "adding", n, 0, 0.2, loss=loss, criterion="loss:0.1")
+            for n, loss in ((10, 0.001), (20, 0.01), (40, 1 / 12))]
+    for row in rows:
+        row["memoryless_loss"] = 1 / 6
+    table = table_of(write_run(tmp_path / "run", rows))
+    assert 20 < table["horizon"].iloc[0] < 40 and table["criterion"].iloc[0] == "loss:0.1"
+
+
+def test_markdown_report_shows_scores_horizons_and_censoring(tmp_path):
+    rows = [trial("lstm", "recall", n, s, 1.0) for n in (10, 100) for s in range(3)]
+    rows += [trial("rnn", "recall", n, s, 0.2) for n in (10, 100) for s in range(3)]
+    text = full_report([write_run(tmp_path / "run", rows)])
+    block = text.split("## recall")[1].split("##")[0]
+    table = [line for line in block.splitlines() if line.startswith("|")]
+    assert len(table) == 4 and len({len(line) for line in table}) == 1  # aligned
+    assert all(re.fullmatch(r":?-{3,}:?", cell) for cell in table[1].strip("|").split("|"))
+    lstm = next(line for line in table if line.startswith("| lstm"))
+    assert "1.000 ± 0.000" in lstm and "≥ 100" in lstm    # never failed: censored above
+    rnn = next(line for line in table if line.startswith("| rnn"))
+    assert "< 10" in rnn                                   # failed at the shortest length
+    assert "memory horizons (each task's own criterion (normalised:0.9))" in text
+    ranking = text.split("### recall")[1]
+    assert ranking.index("lstm") < ranking.index("rnn")
+
+
+def test_unbounded_by_construction_is_flagged_not_ranked(tmp_path):
+    rows = [trial("bilstm", "recall", n, s, 1.0) | {"unbounded_by_construction": True} for n in (10, 100)
+            for s in range(2)]
+    rows += [trial("lstm", "recall", n, s, 1.0 if n == 10 else 0.2) for n in (10, 100) for s in range(2)]
+    text = full_report([write_run(tmp_path / "run", rows)])
+    assert "not ranked: unbounded by construction" in text
+    ranking = text.split("### recall")[1]
+    assert re.search(r"\|\s+1 \| lstm", ranking) and not re.search(r"\|\s+\d \| bilstm", ranking)
+
+
+def test_axes_and_selection_on_validation_not_test(tmp_path):
+    """Validation prefers lr 1e-2 at T=10 while test prefers 1e-3: selection follows validation."""
+    rows = []
+    for seed in range(2):
+        rows.append(trial("lstm", "recall", 10, seed, 0.50, val_score=0.90, lr=1e-2, config="fast"))
+        rows.append(trial("lstm", "recall", 10, seed, 0.95, val_score=0.40, lr=1e-3, config="slow"))
+        rows.append(trial("lstm", "recall", 20, seed, 0.30, val_score=0.20, lr=1e-2, config="fast"))
+        rows.append(trial("lstm", "recall", 20, seed, 0.60, val_score=0.70, lr=1e-3, config="slow"))
     run = write_run(tmp_path / "run", rows)
-    assert row_of(build_report([run]), "lstm")["memory_horizon"] == 0
-    assert row_of(build_report([run], threshold=0.75), "lstm")["memory_horizon"] == 10
-    assert row_of(build_report([run], threshold=0.3), "lstm")["memory_horizon"] == 50
+    results = load_results([run])
+    assert axes(results) == ["lr"]
+    chosen = select_best(results).groupby("length")["lr"].first().to_dict()
+    assert chosen == {10: 1e-2, 20: 1e-3}
+    best = table_of(run, select="best").set_index("length")
+    assert best.loc[10, "score_mean"] == pytest.approx(0.50)  # the test score of the validation choice
+    assert best.loc[10, "lr"] == 0.01 and best.loc[20, "lr"] == 0.001
+    every = table_of(run)
+    assert len(every) == 4 and set(every["lr"]) == {0.01, 0.001}
+    text = full_report([run], select="best")
+    assert "chosen on validation" in text and "lr=0.01" in text
+
+
+def test_selection_without_validation_scores_is_refused(tmp_path):
+    rows = [trial("lstm", "recall", 10, 0, 0.5, lr=lr, config=c) for lr, c in ((1e-2, "a"), (1e-3, "b"))]
+    for row in rows:
+        row["val_score"] = None
+    with pytest.raises(HarnessError, match="validation scores"):
+        select_best(load_results([write_run(tmp_path / "run", rows)]))
 
 
 def test_later_run_folder_wins(tmp_path):
-    first = write_run(tmp_path / "a", [trial("lstm", "recall", 10, 0, 0.2),
-                                       trial("lstm", "recall", 10, 1, 0.4)])
-    second = write_run(tmp_path / "b", [trial("lstm", "recall", 10, 0, 1.0),
-                                        trial("mine", "recall", 10, 0, 0.9)])
-    results = load_results([first, second])
-    assert len(results) == 3
-    df = build_report([first, second])
-    assert row_of(df, "lstm")["T=10"] == "0.700 ± 0.424"  # seeds 1.0 (from b) and 0.4
-    assert row_of(df, "mine")["T=10"] == "0.900"
-    assert row_of(build_report([second, first]), "lstm")["T=10"].startswith("0.300")
+    first = write_run(tmp_path / "a", [trial("lstm", "recall", 10, 0, 0.2), trial("lstm", "recall", 10, 1, 0.4)])
+    second = write_run(tmp_path / "b", [trial("lstm", "recall", 10, 0, 1.0), trial("mine", "recall", 10, 0, 0.9)])
+    assert len(load_results([first, second])) == 3
+    results, names = prepare([first, second])
+    table = score_table(results, names, "default").set_index("model")
+    assert table.loc["lstm", "score_mean"] == pytest.approx(0.7)  # seeds 1.0 (from b) and 0.4
 
 
-def test_formats_parse_back(tmp_path):
-    rows = [trial(m, t, length, s, 1.0 if length == 10 else 0.5)
-            for m in ("rnn", "lstm") for t in ("copy", "recall") for length in (10, 20) for s in range(2)]
-    rows += [trial("lstm", "copy", 500, 0, 0.1)]  # a length only copy has
-    df = build_report([write_run(tmp_path / "run", rows)])
+def test_files_from_harness_0_1_still_load(tmp_path):
+    """No config_id, no validation columns, one held-out score: reports still work."""
+    row = trial("lstm", "recall", 10, 0, 0.9)
+    for column in ("config_id", "val_score", "val_loss", "task_criterion"):
+        row.pop(column)
+    text = full_report([write_run(tmp_path / "old", [row, {**row, "length": 20, "score": 0.1}])])
+    assert "## recall" in text and "normalised:0.9" in text
 
-    records = json.loads(format_report(df, "json"))
-    assert len(records) == 4
-    assert {r["model"] for r in records} == {"rnn", "lstm"}
-    recall_lstm = next(r for r in records if (r["model"], r["task"]) == ("lstm", "recall"))
-    assert recall_lstm["T=500"] is None
-    assert recall_lstm["memory_horizon"] == 10
-    assert recall_lstm["T=10"] == "1.000 ± 0.000"
 
-    back = pd.read_csv(io.StringIO(format_report(df, "csv")))
-    assert back.shape == df.shape
-    assert list(back.columns) == list(df.columns)
-    assert back["auc"].tolist() == pytest.approx(df["auc"].tolist())
-
-    text = format_report(df, "markdown")
-    lines = text.splitlines()
-    assert any(line.startswith("## copy") for line in lines)
-    assert any(line.startswith("## recall") for line in lines)
-    recall_block = text.split("## recall")[1].split("##")[0]
-    assert "T=500" not in recall_block      # a task's table lists only its own lengths
-    assert "T=500" in text.split("## copy")[1].split("## recall")[0]
-    table = [line for line in recall_block.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + 2            # header, rule, one row per model
-    assert len({len(line) for line in table}) == 1  # aligned columns
-    rule_cells = table[1].strip("|").split("|")  # a valid GitHub-markdown delimiter row
-    assert all(re.fullmatch(r":?-{3,}:?", cell) for cell in rule_cells), table[1]
-
+def test_csv_and_json_formats_parse_back(tmp_path):
+    rows = [trial(m, t, n, s, 1.0 if n == 10 else 0.5) for m in ("rnn", "lstm") for t in ("copy", "recall")
+            for n in (10, 20) for s in range(2)]
+    run = write_run(tmp_path / "run", rows)
+    back = pd.read_csv(io.StringIO(full_report([run], "csv")))
+    assert len(back) == 8 and {"task", "model", "length", "score_mean", "horizon", "criterion"} <= set(back)
+    records = json.loads(full_report([run], "json"))
+    assert len(records) == 8 and all(r["n_seeds"] == 2 for r in records)
     with pytest.raises(HarnessError, match="markdown"):
-        format_report(df, "xml")
+        full_report([run], "xml")
 
 
 def test_missing_results_file_is_a_harness_error(tmp_path):
     with pytest.raises(HarnessError, match="results.csv"):
-        build_report([tmp_path])
+        full_report([tmp_path])
 
 
-def test_report_module_does_not_import_matplotlib():
-    code = "import sys, harness.analysis.report; print('matplotlib' in sys.modules)"
+def test_report_module_does_not_import_matplotlib_or_torch():
+    code = "import sys, harness.analysis.report; print('matplotlib' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"

@@ -7,67 +7,77 @@ import math
 import pytest
 import torch
 
-from harness.runs.seeding import EVAL_DATA, INIT, TRAIN_DATA, derive_seed
-from harness.runs.training import TrialSpec, evaluation_set, make_generator, run_trial
+from harness.runs.seeding import GRADIENT_DATA, INIT, TEST_DATA, TRAIN_DATA, VALIDATION_DATA, derive_seed
+from harness.runs.spec import TrialSpec
+from harness.runs.training import build_task, held_out_set, make_generator, run_trial
 
-TINY = dict(steps=20, eval_every=10, eval_size=64, hidden_size=8, batch_size=16)
+TINY = dict(max_steps=20, eval_every=10, eval_size=64, hidden_size=8, batch_size=16, device="cpu")
+STREAMS = (INIT, TRAIN_DATA, TEST_DATA, VALIDATION_DATA, GRADIENT_DATA)
 
+
+def spec(model="lstm", task="recall", length=4, seed=3, options=None, **settings):
+    return TrialSpec.build(model, task, length, seed, {**TINY, **settings}, task_options=options or {})
 
 
 def test_seed_streams_never_collide():
-    seeds = {stream: {derive_seed(s, stream) for s in range(2000)} for stream in (INIT, TRAIN_DATA, EVAL_DATA)}
+    seeds = {stream: {derive_seed(s, stream) for s in range(2000)} for stream in STREAMS}
     assert all(len(v) == 2000 for v in seeds.values())
-    assert not seeds[TRAIN_DATA] & seeds[EVAL_DATA]
-    assert not seeds[INIT] & (seeds[TRAIN_DATA] | seeds[EVAL_DATA])
+    for a in STREAMS:
+        for b in STREAMS:
+            assert a == b or not seeds[a] & seeds[b]
+
+
+def _inputs(batches):
+    return torch.cat([b.inputs for b in batches]).flatten(1)
 
 
 @pytest.mark.parametrize("task", ["copy", "recall", "adding"])
-def test_evaluation_data_never_appears_in_training_data(task):
-    spec = TrialSpec(model="lstm", task=task, length=4, seed=3, **TINY)
-    from harness.runs.training import build_task
+def test_training_validation_and_test_streams_are_disjoint(task):
+    trial = spec(task=task)
+    built, cpu = build_task(trial), torch.device("cpu")
+    validation = _inputs(held_out_set(built, trial, cpu, VALIDATION_DATA))
+    test = _inputs(held_out_set(built, trial, cpu, TEST_DATA))
+    generator = make_generator(cpu, derive_seed(3, TRAIN_DATA))
+    train = _inputs([built.sample(64, generator) for _ in range(20)])
+    # Discrete tasks at T = 4 have few distinct sequences, so single identical sequences occur by
+    # chance (at most this share); the adding problem's real values never repeat.
+    by_chance = {"copy": 0.01, "recall": 0.1, "adding": 0.0}[task]
+    for name_a, a, name_b, b in (("validation", validation, "test", test), ("validation", validation, "train", train),
+                                 ("test", test, "train", train)):
+        assert not torch.equal(a[:8], b[:8]), f"{name_a} and {name_b} start alike: shared generator state"
+        matches = (a[:, None, :] == b[None, :, :]).all(-1).any(1).float().mean().item()
+        assert matches <= by_chance, f"{name_a} sequences found in {name_b}"
 
-    built = build_task(spec)
-    eval_inputs = torch.cat([b.inputs for b in evaluation_set(built, spec, torch.device("cpu"))])
-    generator = make_generator(torch.device("cpu"), derive_seed(3, TRAIN_DATA))
-    train_inputs = torch.cat([built.sample(64, generator).inputs for _ in range(20)])
-    # recall at T=4 has 8*8^4 possible sequences, so identical sequences do occur by chance; the
-    # streams are independent, so no *run* of consecutive eval sequences may match training data.
-    eval_flat, train_flat = eval_inputs.flatten(1), train_inputs.flatten(1)
-    assert not torch.equal(eval_flat[:8], train_flat[:8])
-    matches = (eval_flat[:, None, :] == train_flat[None, :, :]).all(-1).any(1).float().mean().item()
-    expected_by_chance = {"copy": 0.01, "recall": 0.1, "adding": 0.0}[task]
-    assert matches <= expected_by_chance
 
-
-def test_evaluation_set_is_the_same_for_every_model():
+def test_held_out_sets_are_the_same_for_every_model():
     sets = []
     for model in ("lstm", "rnn"):
-        spec = TrialSpec(model=model, task="copy", length=5, seed=7, **TINY)
-        from harness.runs.training import build_task
+        trial = spec(model=model, task="copy", length=5, seed=7)
+        built = build_task(trial)
+        sets.append([held_out_set(built, trial, torch.device("cpu"), s) for s in (VALIDATION_DATA, TEST_DATA)])
+    for one, other in zip(*sets):
+        assert all(torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets) for a, b in zip(one, other))
+    assert sum(len(b) for b in sets[0][0]) == 64
 
-        sets.append(evaluation_set(build_task(spec), spec, torch.device("cpu")))
-    assert all(torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets) for a, b in zip(*sets))
-    assert sum(len(b) for b in sets[0]) == 64
 
-
-def test_early_stop_once_solved():
-    spec = TrialSpec(model="lstm", task="recall", length=2, seed=0, steps=2000, eval_every=25,
-                     eval_size=128, hidden_size=16, batch_size=32, threshold=0.9, lr=1e-2)
-    row = run_trial(spec).row
-    assert row["status"] == "ok" and row["solved"]
-    assert row["steps"] == row["steps_to_solve"] < 2000 and row["steps"] % 25 == 0
-    assert row["score"] >= 0.9 and row["best_score"] == row["score"]
+def test_early_stop_on_validation_and_solved_on_test():
+    trial = spec(length=2, seed=0, max_steps=2000, eval_every=25, eval_size=128, hidden_size=16, batch_size=32,
+                 threshold=0.9, lr=1e-2)
+    row = run_trial(trial).row
+    assert row["status"] == "ok" and row["steps"] == row["steps_to_solve"] < 2000 and row["steps"] % 25 == 0
+    assert row["val_score"] >= 0.9 and row["best_val_score"] == row["val_score"]
+    assert row["solved"] == (row["score"] >= 0.9)
 
 
 def test_error_in_task_options_is_recorded_not_raised():
-    spec = TrialSpec(model="lstm", task="recall", length=3, seed=0, task_options={"bogus": 1}, **TINY)
-    row = run_trial(spec).row
+    row = run_trial(spec(length=3, seed=0, options={"bogus": 1})).row
     assert row["status"] == "error" and "bogus" in row["error"]
     assert math.isnan(row["score"])
 
 
 def test_clipping_runs_after_backward_and_before_the_step(monkeypatch):
-    """SPEC §4: clip once per step, on gradients that exist, leaving their norm at most ``clip``."""
+    """Clip once per step, after backward() (on gradients that exist) and before the step, leaving
+    their norm at most ``clip``."""
     real_clip = torch.nn.utils.clip_grad_norm_
     real_step = torch.optim.Adam.step
     events: list[tuple[str, float]] = []
@@ -86,7 +96,7 @@ def test_clipping_runs_after_backward_and_before_the_step(monkeypatch):
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
     monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
-    row = run_trial(TrialSpec(model="lstm", task="adding", length=5, seed=1, clip=0.01, **TINY)).row
+    row = run_trial(spec(task="adding", length=5, seed=1, clip=0.01)).row
     assert row["status"] == "ok"
-    assert [kind for kind, _ in events] == ["clip", "step"] * TINY["steps"]
+    assert [kind for kind, _ in events] == ["clip", "step"] * TINY["max_steps"]
     assert max(norm for kind, norm in events if kind == "clip") <= 0.01 * (1 + 1e-4)

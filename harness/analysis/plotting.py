@@ -28,7 +28,8 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from harness.errors import HarnessError
-from harness.analysis.report import load_curves, load_results, model_order, valid_trials
+from harness.analysis.results import axes as setting_axes
+from harness.analysis.results import describe_settings, load_curves, load_results, model_order, select_best, valid_trials
 
 __all__ = ["plot_runs", "model_style", "score_figure", "loss_figure", "steps_figure",
            "learning_curves_figure", "cost_figure", "confidence_halfwidth", "FIGURE_NAMES"]
@@ -36,17 +37,8 @@ __all__ = ["plot_runs", "model_style", "score_figure", "loss_figure", "steps_fig
 #: Stem of each figure file, in the order :func:`plot_runs` writes them.
 FIGURE_NAMES = ("score_vs_length", "loss_vs_length", "steps_to_solve", "learning_curves", "cost")
 
-# Fixed (colour, marker) of the built-in models: tab10 colours, one distinct marker each.
-_BUILTIN_STYLES = {
-    "rnn": ("#d62728", "o"),       # red
-    "lstm": ("#1f77b4", "s"),      # blue
-    "gru": ("#ff7f0e", "^"),       # orange
-    "peephole": ("#2ca02c", "D"),  # green
-    "cifg": ("#9467bd", "v"),      # purple
-    "bilstm": ("#8c564b", "P"),    # brown
-}
-# Other models: tab10 colours the built-ins leave free (grey excluded: it is the reference lines')
-# and the darker half of tab20b, picked by a hash of the name; markers likewise.
+# Models registered without a style: tab10 colours the built-in plugins leave free (grey excluded:
+# it is the reference lines') and the darker half of tab20b, picked by a hash of the name; markers likewise.
 _FALLBACK_COLOURS = ("#e377c2", "#17becf", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39",
                      "#7b4173", "#5254a3", "#bd9e39", "#ad494a", "#a55194")
 _FALLBACK_MARKERS = ("X", "*", "h", "p", "<", ">", "d", "8")
@@ -69,19 +61,26 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 MIN_SEEDS_FOR_BAND = 3
 
 
+def _registered_styles() -> dict[str, dict[str, str]]:
+    try:
+        from harness.registry.loader import get_state
+
+        return {e.name: e.style for e in get_state().models if e.style}
+    except Exception:  # figures never fail for want of a plugin
+        return {}
+
+
 def model_style(name: str) -> dict[str, str]:
     """Colour and marker of a model, the same in every figure and every process.
 
-    Built-in models have a fixed style; any other name gets one chosen by a SHA-256 hash of the
-    name (not Python's salted ``hash``), so it is stable across invocations.
+    A model whose plugin registered a ``style`` has it; any other name (or a missing part) gets one
+    chosen by a SHA-256 hash of the name (not Python's salted ``hash``), stable across invocations.
     """
-    if name in _BUILTIN_STYLES:
-        colour, marker = _BUILTIN_STYLES[name]
-    else:
-        digest = hashlib.sha256(name.encode("utf-8")).digest()
-        colour = _FALLBACK_COLOURS[int.from_bytes(digest[:4], "big") % len(_FALLBACK_COLOURS)]
-        marker = _FALLBACK_MARKERS[int.from_bytes(digest[4:8], "big") % len(_FALLBACK_MARKERS)]
-    return {"color": colour, "marker": marker}
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    style = {"color": _FALLBACK_COLOURS[int.from_bytes(digest[:4], "big") % len(_FALLBACK_COLOURS)],
+             "marker": _FALLBACK_MARKERS[int.from_bytes(digest[4:8], "big") % len(_FALLBACK_MARKERS)]}
+    style.update(_registered_styles().get(name, {}))
+    return style
 
 
 def t_quantile_975(df: int) -> float:
@@ -274,7 +273,7 @@ def score_figure(results: pd.DataFrame) -> Figure:
 
 
 def loss_figure(results: pd.DataFrame) -> Figure:
-    """Final evaluation loss against dependency length with the memoryless loss as the floor.
+    """Final test loss against dependency length with the memoryless loss as the floor.
 
     As :func:`score_figure` for lines and bands. The y axis is logarithmic when the positive
     values drawn span more than a factor of 30.
@@ -302,7 +301,7 @@ def loss_figure(results: pd.DataFrame) -> Figure:
                 ax.set_yscale("log")
             elif len(values):
                 ax.set_ylim(bottom=0)
-        axes[0].set_ylabel("final evaluation loss")
+        axes[0].set_ylabel("final test loss")
         handles = _model_handles(model_order(valid_trials(results)["model"]))
         handles.append(Line2D([], [], color=_REFERENCE_COLOUR, linestyle="--",
                               label="memoryless\n(floor to beat)"))
@@ -411,9 +410,9 @@ def steps_figure(results: pd.DataFrame) -> Figure:
 
 
 def _mean_curve(rows: pd.DataFrame) -> pd.Series:
-    """Mean eval score per step over seeds; a trial that stopped early (solved, or diverged) holds
+    """Mean validation score per step over seeds; a trial that stopped early (solved, or diverged) holds
     its last evaluated score until the last step of the longest trial."""
-    table = rows.pivot_table(index="step", columns="seed", values="eval_score", aggfunc="last")
+    table = rows.pivot_table(index="step", columns="seed", values="val_score", aggfunc="last")
     return table.sort_index().ffill().mean(axis=1, skipna=True)
 
 
@@ -474,7 +473,7 @@ def learning_curves_figure(curves: pd.DataFrame, pairs: list[tuple[str, str]] | 
                 if outer_x:
                     ax.set_xlabel("training step")
                 if outer_y:
-                    ax.set_ylabel("eval score (accuracy)")
+                    ax.set_ylabel("validation score")
         lengths = sorted(selected["length"].unique())
         if len(lengths) == 1:  # a colour bar for one value says little: name it in a legend
             next(ax for row in grid for ax in row if ax.get_visible()).legend(
@@ -543,38 +542,101 @@ def _save(fig: Figure, out_dir: Path, stem: str, formats: tuple[str, ...]) -> li
 
 
 def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, formats: tuple[str, ...] = ("png",),
-              curves_for: tuple[str, str] | None = None) -> list[Path]:
+              curves_for: tuple[str, str] | None = None, select: str | None = None, facet: str | None = None,
+              criterion: str = "default") -> list[Path]:
     """Draw every figure of the given run folders and return the files written.
 
     Results of all folders are concatenated; a trial present twice keeps the later folder's row.
-    Writes into ``out_dir`` (default: the first run folder), for each format in ``formats``:
-    ``score_vs_length``, ``loss_vs_length``, ``steps_to_solve``, ``learning_curves`` (all
-    (model, task) pairs; ``learning_curves_<model>_<task>`` for ``curves_for=(model, task)``;
-    skipped when no folder has ``curves.csv``) and ``cost``.
+    When the results have axes (several settings per model), ``select="best"`` (the default then)
+    draws each model at the setting chosen per length on validation, ``select="all"`` one line per
+    (model, setting), and ``facet="lr"`` one set of score and loss figures per value of that setting.
+    Writes into ``out_dir`` (default: the first run folder), for each format: ``score_vs_length``,
+    ``loss_vs_length``, ``steps_to_solve``, ``learning_curves`` (``learning_curves_<model>_<task>``
+    for ``curves_for``; skipped without ``curves.csv``), ``cost``, ``horizons`` (when a model was
+    tried at several lengths) and ``gradients`` (when a folder has ``gradients.csv``).
     """
     run_dirs = [Path(d) for d in run_dirs]
+    formats = _check_formats(formats)
+    for run_dir in run_dirs:
+        if not any((run_dir / name).is_file() for name in ("results.csv", "gradients.csv")):
+            raise HarnessError(f"{run_dir}: no results.csv (expected a run folder)")
+    out = Path(out_dir) if out_dir is not None else run_dirs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if any((d / "gradients.csv").is_file() for d in run_dirs):
+        from harness.analysis.plot_gradients import gradients_figure
+
+        written += _save(gradients_figure(run_dirs), out, "gradients", formats)
+    if not any((d / "results.csv").is_file() for d in run_dirs):
+        return written
+    results = load_results(run_dirs)
+    names = setting_axes(results)
+    if facet is not None:
+        return written + _facets(results, names, facet, out, formats)
+    chosen = select or ("best" if names else "all")
+    results = select_best(results) if chosen == "best" else results
+    if chosen == "all" and names:  # one line per (model, setting)
+        results = results.assign(model=results["model"] + " " + describe_settings(results, names))
+    written += _save(score_figure(results), out, "score_vs_length", formats)
+    written += _save(loss_figure(results), out, "loss_vs_length", formats)
+    written += _save(steps_figure(results), out, "steps_to_solve", formats)
+    written += _curves(run_dirs, results, curves_for, out, formats, relabel=chosen == "all" and bool(names))
+    written += _save(cost_figure(results), out, "cost", formats)
+    if results.groupby(["model", "task"])["length"].nunique().max() > 1:
+        from harness.analysis.plot_horizons import horizons_figure
+
+        written += _save(horizons_figure(results, criterion), out, "horizons", formats)
+    return written
+
+
+def _check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
     formats = tuple(f.lower().lstrip(".") for f in formats)
     supported = Figure().canvas.get_supported_filetypes()
     unknown = [f for f in formats if f not in supported]
     if unknown or not formats:
         raise HarnessError(f"unknown figure format(s) {', '.join(unknown) or '(none)'}; "
                            f"choose from {', '.join(sorted(supported))}")
-    results = load_results(run_dirs)
-    out = Path(out_dir) if out_dir is not None else run_dirs[0]
-    out.mkdir(parents=True, exist_ok=True)
-    chance = (results.groupby("task")["chance_score"].median().to_dict()
-              if "chance_score" in results else None)
+    return formats
 
-    written: list[Path] = []
-    written += _save(score_figure(results), out, "score_vs_length", formats)
-    written += _save(loss_figure(results), out, "loss_vs_length", formats)
-    written += _save(steps_figure(results), out, "steps_to_solve", formats)
+
+def _curves(run_dirs: list[Path], results: pd.DataFrame, curves_for: tuple[str, str] | None, out: Path,
+            formats: tuple[str, ...], relabel: bool) -> list[Path]:
+    """Learning curves of the trials in ``results`` (the selected ones, when selecting)."""
     curves = load_curves(run_dirs, results)
+    if curves.empty:
+        if curves_for is not None:
+            raise HarnessError("no learning curves (no curves.csv)")
+        return []
+    keep = results[["task", "length", "seed", "config_id", "model"]].rename(columns={"model": "_label"})
+    curves = curves.merge(keep, on=["task", "length", "seed", "config_id"], how="inner")
+    curves = curves[curves["_label"].str.split(" ").str[0] == curves["model"]]
+    if relabel:
+        curves["model"] = curves["_label"]
+    chance = results.groupby("task")["chance_score"].median().to_dict() if "chance_score" in results else None
     if curves_for is not None:
         model, task = curves_for
         fig = learning_curves_figure(curves, [(model, task)], chance)
-        written += _save(fig, out, f"learning_curves_{_safe(model)}_{_safe(task)}", formats)
-    elif not curves.empty:
-        written += _save(learning_curves_figure(curves, None, chance), out, "learning_curves", formats)
-    written += _save(cost_figure(results), out, "cost", formats)
+        return _save(fig, out, f"learning_curves_{_safe(model)}_{_safe(task)}", formats)
+    if curves.empty:
+        return []
+    return _save(learning_curves_figure(curves, None, chance), out, "learning_curves", formats)
+
+
+def _facets(results: pd.DataFrame, names: list[str], facet: str, out: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Score and loss figures for each value of the setting ``facet`` (the other axes selected)."""
+    from harness.analysis.results import setting_columns
+
+    table = setting_columns(results)
+    if facet not in table:
+        raise HarnessError(f"--facet {facet}: not a setting of these results; settings that vary: "
+                           f"{', '.join(names) or 'none'}")
+    written = []
+    for value in sorted(table[facet].astype(str).unique()):
+        part = results[table[facet].astype(str) == value]
+        others = [n for n in names if n != facet]
+        if others:
+            part = select_best(part)
+        stem = _safe(f"{facet}={value}")
+        written += _save(score_figure(part), out, f"score_vs_length_{stem}", formats)
+        written += _save(loss_figure(part), out, f"loss_vs_length_{stem}", formats)
     return written

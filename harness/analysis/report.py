@@ -1,15 +1,8 @@
-"""Summary tables of one or more runs: per-length scores, memory horizon and area under the curve.
+"""``harness report``: per-length scores, memory horizons and chosen settings of one or more run folders.
 
-Reads ``results.csv`` (and, for the plots, ``curves.csv``) from run folders; column names are those
-of :mod:`harness.runs.schema`. Uses pandas and numpy only, so the CLI can import it without matplotlib.
-
-Definitions used throughout (``harness.analysis.plotting`` shares them):
-
-* Trials with ``status == "error"`` have no meaningful score: they are left out of every mean,
-  standard deviation, horizon and area, and counted in ``n_errors``. ``diverged`` trials keep their
-  last finite numbers and are included.
-* When several run folders hold the same trial ``(model, task, length, seed)``, the row from the
-  folder given last wins (and within one ``results.csv``, the row written last).
+Uses pandas and numpy only (no torch, no matplotlib). The definitions (error trials, later folders
+winning, settings, axes, selection on validation) are those of :mod:`harness.analysis.results`;
+horizons are those of :mod:`harness.analysis.horizons`.
 """
 
 from __future__ import annotations
@@ -17,188 +10,24 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
+from harness.analysis import horizons as H
+from harness.analysis.criteria import describe
+from harness.analysis.results import (axes, describe_settings, load_results, model_order, select_best,
+                                      setting_columns, valid_trials)
 from harness.errors import HarnessError
-from harness.runs.schema import CURVE_COLUMNS, TRIAL_KEY
-
-__all__ = ["build_report", "format_report", "load_results", "load_curves", "model_order",
-           "valid_trials", "solved_flags", "memory_horizon", "normalised_auc", "length_column",
-           "BUILTIN_MODELS", "REPORT_FORMATS"]
-
-#: Built-in model names, in the order tables and legends list them; other models follow, sorted.
-BUILTIN_MODELS = ("rnn", "lstm", "gru", "peephole", "cifg", "bilstm")
 
 REPORT_FORMATS = ("markdown", "csv", "json")
 
-_KEY = list(TRIAL_KEY)
-_RUN = "_run"  # index of the run folder a row came from (later folders win)
-_NUMERIC = ("score", "loss", "best_score", "chance_score", "memoryless_loss", "steps_to_solve", "steps",
-            "max_steps", "train_seconds", "seconds_per_step")
 
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-def _as_bool(values: pd.Series) -> pd.Series:
-    """Parse a ``solved``-like column written as bools, 'True'/'False', 1/0 or empty."""
-    if values.dtype == bool:
-        return values
-    text = values.astype(str).str.strip().str.lower()
-    return text.isin(("true", "1", "1.0", "yes"))
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
-    except (OSError, pd.errors.ParserError) as exc:
-        raise HarnessError(f"cannot read {path}: {exc}") from exc
-
-
-def _check_columns(frame: pd.DataFrame, path: Path, needed: Iterable[str]) -> None:
-    missing = [c for c in needed if c not in frame.columns]
-    if missing:
-        raise HarnessError(f"{path}: missing column(s) {', '.join(missing)}; is this a harness run?")
-
-
-def load_results(run_dirs: list[Path]) -> pd.DataFrame:
-    """Concatenate the ``results.csv`` of several run folders into one table, one row per trial.
-
-    A trial present in several folders keeps the row from the folder listed last, so a new run
-    (e.g. a third-party model) can be laid over a reference run. ``solved`` is parsed to bool,
-    ``status`` is lower-cased, numeric columns are numeric. Raises ``HarnessError`` when a folder
-    has no ``results.csv`` or when no folder has any row.
-    """
-    if not run_dirs:
-        raise HarnessError("no run folder given")
-    frames = []
-    for index, run_dir in enumerate(run_dirs):
-        path = Path(run_dir) / "results.csv"
-        if not path.is_file():
-            raise HarnessError(f"{run_dir}: no results.csv (expected a run folder)")
-        frame = _read_csv(path)
-        if frame.empty:
-            continue
-        _check_columns(frame, path, (*TRIAL_KEY, "status", "score"))
-        frame[_RUN] = index
-        frames.append(frame)
-    if not frames:
-        raise HarnessError(f"no results in {', '.join(str(d) for d in run_dirs)}")
-    results = pd.concat(frames, ignore_index=True, sort=False)
-    results = results.drop_duplicates(subset=_KEY, keep="last").reset_index(drop=True)
-    results["model"] = results["model"].astype(str)
-    results["task"] = results["task"].astype(str)
-    results["length"] = pd.to_numeric(results["length"]).astype(int)
-    results["status"] = results["status"].astype(str).str.strip().str.lower()
-    for column in _NUMERIC:  # optional ones missing from an older or foreign file become NaN
-        results[column] = (pd.to_numeric(results[column], errors="coerce")
-                           if column in results.columns else np.nan)
-    results["solved"] = (_as_bool(results["solved"]) if "solved" in results.columns
-                         else pd.Series(False, index=results.index))
-    return results
-
-
-def load_curves(run_dirs: list[Path], results: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Concatenate the ``curves.csv`` of several run folders (folders without one are skipped).
-
-    For a trial present in several folders only the curve from the folder listed last is kept, as
-    for the results. When ``results`` (from :func:`load_results`) is given, curves of trials whose
-    status is ``error`` are dropped. Returns an empty table with the curve columns if no curve exists.
-    """
-    frames = []
-    for index, run_dir in enumerate(run_dirs):
-        path = Path(run_dir) / "curves.csv"
-        if not path.is_file():
-            continue
-        frame = _read_csv(path)
-        if frame.empty:
-            continue
-        _check_columns(frame, path, (*TRIAL_KEY, "step", "eval_score"))
-        frame[_RUN] = index
-        frames.append(frame)
-    if not frames:
-        return pd.DataFrame(columns=[*CURVE_COLUMNS, _RUN])
-    curves = pd.concat(frames, ignore_index=True, sort=False)
-    curves["model"] = curves["model"].astype(str)
-    curves["task"] = curves["task"].astype(str)
-    curves["length"] = pd.to_numeric(curves["length"]).astype(int)
-    for column in ("step", "train_loss", "eval_loss", "eval_score", "elapsed_seconds"):
-        if column in curves.columns:
-            curves[column] = pd.to_numeric(curves[column], errors="coerce")
-    latest = curves.groupby(_KEY)[_RUN].transform("max")
-    curves = curves[curves[_RUN] == latest]
-    curves = curves.drop_duplicates(subset=[*_KEY, "step"], keep="last")
-    if results is not None and not results.empty:
-        errors = results.loc[results["status"] == "error", _KEY]
-        if not errors.empty:
-            marked = curves.merge(errors.assign(_error=True), on=_KEY, how="left")
-            curves = curves[marked["_error"].isna().to_numpy()]
-    return curves.sort_values([*_KEY, "step"]).reset_index(drop=True)
-
-
-def model_order(models: Iterable[str]) -> list[str]:
-    """Built-in models in their fixed order, then every other model name sorted."""
-    names = set(models)
-    return [m for m in BUILTIN_MODELS if m in names] + sorted(names.difference(BUILTIN_MODELS))
-
-
-# --------------------------------------------------------------------------------------------
-# Summary statistics
-
-
-def valid_trials(results: pd.DataFrame) -> pd.DataFrame:
-    """Trials that count in means: every status but ``error``, with a finite score."""
-    return results[(results["status"] != "error") & np.isfinite(results["score"])]
-
-
-def solved_flags(results: pd.DataFrame, threshold: float | None = None) -> pd.Series:
-    """Whether each trial counts as solved.
-
-    With ``threshold=None`` the recorded ``solved`` column is used (score reached the run's
-    threshold at some evaluation). With a number, a trial is solved when its ``best_score`` (the
-    best evaluation seen; its final ``score`` where ``best_score`` is missing) is ``>= threshold``.
-    Error trials are never solved.
-    """
-    if threshold is None:
-        solved = results["solved"].astype(bool)
-    else:
-        best = results["best_score"] if "best_score" in results.columns else results["score"]
-        best = best.where(np.isfinite(best), results["score"])
-        solved = best >= threshold
-    return solved & (results["status"] != "error")
-
-
-def memory_horizon(lengths: Iterable[int], solved: Iterable[bool]) -> int:
-    """Largest tested length at which a strict majority of the (non-error) trials are solved.
-
-    ``lengths`` and ``solved`` are parallel, one entry per trial. Returns 0 when no tested length
-    qualifies. Lengths are taken independently: a model solved at 200 but not at 100 (a noisy
-    middle point) still has horizon 200; the per-length columns show the gap.
-    """
-    frame = pd.DataFrame({"length": list(lengths), "solved": list(solved)})
-    if frame.empty:
-        return 0
-    share = frame.groupby("length")["solved"].agg(lambda s: s.sum() * 2 > len(s))
-    good = share[share].index
-    return int(good.max()) if len(good) else 0
-
-
-def normalised_auc(lengths: Iterable[float], scores: Iterable[float]) -> float:
-    """Area under the score-vs-length curve over log length, divided by the log-length span.
-
-    ``lengths`` and ``scores`` are parallel (one mean score per tested length). The trapezoid rule
-    on ``(log T, score)`` from the shortest to the longest tested length, divided by
-    ``log(T_max / T_min)``: a model scoring 1 everywhere gets 1, a model scoring s everywhere gets
-    s, so the number is an average score in which each factor of length weighs the same. With one
-    tested length it is that length's score; NaN with none. Only comparable between models tested
-    on the same lengths.
-    """
+def normalised_auc(lengths: list[float], scores: list[float]) -> float:
+    """Area under the score-vs-length curve over log length, divided by the log-length span: an
+    average score in which each factor of length weighs the same (1 for a model scoring 1
+    everywhere; with one tested length, that length's score; NaN with none). Only comparable
+    between models tested on the same lengths."""
     frame = pd.DataFrame({"length": list(lengths), "score": list(scores)})
     frame = frame[np.isfinite(frame["score"]) & (frame["length"] > 0)]
     frame = frame.groupby("length", as_index=False)["score"].mean().sort_values("length")
@@ -208,83 +37,62 @@ def normalised_auc(lengths: Iterable[float], scores: Iterable[float]) -> float:
         return float(frame["score"].iloc[0])
     x = np.log(frame["length"].to_numpy(dtype=float))
     y = frame["score"].to_numpy(dtype=float)
-    area = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
-    return area / float(x[-1] - x[0])
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0)) / float(x[-1] - x[0])
 
 
-def length_column(length: int) -> str:
-    """Name of the per-length score column in the report."""
-    return f"T={length}"
-
-
-def _mean_std(scores: pd.Series) -> str:
-    if scores.empty:
-        return "error"
-    mean = scores.mean()
-    if len(scores) == 1:
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {scores.std(ddof=1):.3f}"
-
-
-def build_report(run_dirs: list[Path], threshold: float | None = None) -> pd.DataFrame:
-    """Summarise run folders: one row per (model, task), sorted by task then model.
-
-    Columns:
-
-    * ``task``, ``model``, ``chance_score`` (the task's, for reference);
-    * ``n_seeds``: distinct seeds run for this (model, task), error trials included;
-      ``n_errors``: trials with status ``error`` (left out of every number below);
-      ``n_diverged``: trials with status ``diverged`` (included, with their last finite score);
-    * ``memory_horizon``: the largest tested length at which the model is solved in a strict
-      majority of its non-error seeds; **0 when it is solved at no tested length** (see
-      :func:`memory_horizon`). ``threshold=None`` uses the recorded ``solved`` flags, a number
-      re-derives them as ``best_score >= threshold`` (see :func:`solved_flags`);
-    * ``auc``: the normalised area under the mean-score-vs-length curve, trapezoids over log
-      length divided by the log-length span, in [0, 1] (1 for a model scoring 1 everywhere; with a
-      single tested length, that length's score; see :func:`normalised_auc`);
-    * ``T=<length>`` for every tested length (union over tasks): ``"mean ± std"`` of the final
-      score over non-error seeds (sample std; the mean alone for a single seed), ``"error"`` if
-      every trial at that length errored, empty where the length was not tested for that row.
-    """
+def prepare(run_dirs: list[Path], select: str = "all", threshold: float | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Load the folders, apply ``--select`` and ``--threshold``; return the rows and the axes."""
+    if select not in ("all", "best"):
+        raise HarnessError(f"--select '{select}': choose all or best")
     results = load_results(run_dirs)
-    results = results.assign(_solved=solved_flags(results, threshold))
-    lengths = sorted(results["length"].unique())
+    if threshold is not None:
+        results = results.assign(threshold=threshold, solved=results["score"] >= threshold)
+    names = axes(results)
+    if select == "best":
+        results = select_best(results)
+    results = results.assign(setting=describe_settings(results, names))
+    return results, names
+
+
+def score_table(results: pd.DataFrame, names: list[str], criterion: str, select: str = "all") -> pd.DataFrame:
+    """One row per (task, model, setting, T): test score and loss over seeds, with the horizon of
+    that (task, model, setting) repeated on each of its rows (with ``select="best"``, the horizon
+    of the settings chosen per T)."""
+    pooled = select == "best"
+    basis = results.assign(config_id="") if pooled else results
+    summary = H.summarise(H.seed_horizons(basis, criterion)) if not results.empty else pd.DataFrame()
+    horizons = {(r.model, r.task, r.config_id): r for r in summary.itertuples()} if not summary.empty else {}
+    columns = setting_columns(results)
     rows = []
-    for task in sorted(results["task"].unique()):
-        task_rows = results[results["task"] == task]
-        for model in model_order(task_rows["model"].unique()):
-            trials = task_rows[task_rows["model"] == model]
-            valid = valid_trials(trials)
-            means = valid.groupby("length")["score"].mean()
-            chance = trials["chance_score"].dropna() if "chance_score" in trials else pd.Series()
-            row: dict[str, object] = {
-                "task": task,
-                "model": model,
-                "chance_score": float(chance.median()) if len(chance) else float("nan"),
-                "n_seeds": int(trials["seed"].nunique()),
-                "n_errors": int((trials["status"] == "error").sum()),
-                "n_diverged": int((trials["status"] == "diverged").sum()),
-                "memory_horizon": memory_horizon(valid["length"], valid["_solved"]),
-                "auc": normalised_auc(means.index, means.to_numpy()),
-            }
-            for length in lengths:
-                at = trials[trials["length"] == length]
-                row[length_column(length)] = (_mean_std(valid.loc[valid["length"] == length, "score"])
-                                              if len(at) else None)
-            rows.append(row)
-    return pd.DataFrame(rows)
+    for (task, model, config, length), trials in results.groupby(["task", "model", "config_id", "length"]):
+        valid = valid_trials(trials)
+        first = trials.iloc[0]
+        horizon = horizons.get((model, task, "" if pooled else config))
+        row = {"task": task, "model": model, "length": int(length), "setting": first["setting"],
+               **{n: columns.loc[first.name, n] for n in names if n in columns},
+               "config_id": config, "n_seeds": int(trials["seed"].nunique()),
+               "n_errors": int((trials["status"] == "error").sum()),
+               "n_diverged": int((trials["status"] == "diverged").sum()),
+               "score_mean": valid["score"].mean(), "score_std": valid["score"].std(ddof=1),
+               "loss_mean": valid["loss"].mean(), "val_score_mean": valid["val_score"].mean(),
+               "chance_score": trials["chance_score"].median(), "memoryless_loss": trials["memoryless_loss"].median()}
+        if horizon is not None:
+            row.update(horizon=horizon.median, horizon_low=horizon.low, horizon_high=horizon.high,
+                       horizon_bound=horizon.bound, criterion=horizon.criterion,
+                       unbounded_by_construction=horizon.unbounded_by_construction)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    order = {m: i for i, m in enumerate(model_order(table["model"]))}
+    return table.sort_values(["task", "model", "setting", "length"],
+                             key=lambda c: c.map(order) if c.name == "model" else c).reset_index(drop=True)
 
 
-# --------------------------------------------------------------------------------------------
-# Formatting
-
-
-def _cell(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
+def _cell(mean: float, std: float, n: int) -> str:
+    if not math.isfinite(mean):
+        return "error"
+    return f"{mean:.3f}" if n < 2 or not math.isfinite(std) else f"{mean:.3f} ± {std:.3f}"
 
 
 def _markdown_table(header: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
@@ -298,47 +106,100 @@ def _markdown_table(header: list[str], rows: list[list[str]], right: set[int]) -
     return [line(header), "|" + "|".join(rule) + "|", *(line(r) for r in rows)]
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "(no results)\n"
-    score_columns = [c for c in df.columns if str(c).startswith("T=")]
-    blocks = []
-    for task, rows in df.groupby("task", sort=True):
-        tested = [c for c in score_columns if rows[c].notna().any()]
-        chance = rows["chance_score"].dropna() if "chance_score" in rows else pd.Series()
-        heading = f"## {task}"
-        if len(chance):
-            heading += f" (chance score {chance.iloc[0]:.3f})"
-        header = ["model", *tested, "horizon", "AUC", "seeds", "errors"]
-        has_diverged = "n_diverged" in rows and rows["n_diverged"].sum() > 0
-        if has_diverged:
-            header.append("diverged")
+def _task_block(task: str, rows: pd.DataFrame, select: str) -> list[str]:
+    lengths = sorted(rows["length"].unique())
+    heading = f"## {task}"
+    if rows["chance_score"].notna().any():
+        heading += f" (chance score {rows['chance_score'].dropna().iloc[0]:.3f})"
+    header = ["model", *(f"T={n}" for n in lengths), "horizon", "AUC", "seeds", "errors"]
+    body = []
+    group_keys = ["model"] if select == "best" else ["model", "setting"]
+    for keys, trials in rows.groupby(group_keys, sort=False):
+        label = keys if isinstance(keys, str) else " ".join(k for k in keys if k)
+        by_length = trials.set_index("length")
+        cells = [_cell(by_length.loc[n, "score_mean"], by_length.loc[n, "score_std"], by_length.loc[n, "n_seeds"])
+                 if n in by_length.index else "" for n in lengths]
+        horizon = "–"
+        if "horizon" in trials and trials["horizon"].notna().any():
+            horizon = H.format_horizon({"median": trials["horizon"].iloc[0], "low": trials["horizon_low"].iloc[0],
+                                        "high": trials["horizon_high"].iloc[0], "bound": trials["horizon_bound"].iloc[0],
+                                        "unbounded_by_construction": bool(trials["unbounded_by_construction"].iloc[0])})
+        auc = normalised_auc(list(trials["length"]), list(trials["score_mean"]))
+        body.append([str(label), *cells, horizon, f"{auc:.3f}" if math.isfinite(auc) else "–",
+                     str(int(trials["n_seeds"].max())), str(int(trials["n_errors"].sum()))])
+    return [heading, "", *_markdown_table(header, body, set(range(1, len(header))))]
+
+
+def _chosen_block(rows: pd.DataFrame) -> list[str]:
+    """With --select best: the setting chosen (on validation) per model and T."""
+    lengths = sorted(rows["length"].unique())
+    body = []
+    for model, trials in rows.groupby("model", sort=False):
+        by_length = trials.set_index("length")["setting"]
+        body.append([model, *(by_length.get(n, "") or "–" for n in lengths)])
+    return ["", "chosen on validation:", "", *_markdown_table(["model", *(f"T={n}" for n in lengths)], body, set())]
+
+
+def _horizon_ranking(results: pd.DataFrame, criterion: str, select: str) -> list[str]:
+    summary = H.summarise(H.seed_horizons(results.assign(config_id="") if select == "best" else results,
+                                          criterion))
+    if summary.empty or results.groupby(["model", "task"])["length"].nunique().max() < 2:
+        return []
+    lines = [f"## memory horizons ({describe(criterion, list(results['task_criterion']))})", ""]
+    names = axes(results) if select != "best" else []
+    settings = results.drop_duplicates("config_id").set_index("config_id")["setting"] if names else None
+    for task, rows in summary.groupby("task", sort=True):
+        ranked = rows[~rows["unbounded_by_construction"]].sort_values("median", ascending=False)
         body = []
-        for _, row in rows.iterrows():
-            cells = [str(row["model"]), *(_cell(row[c]) for c in tested),
-                     str(int(row["memory_horizon"])) if row["memory_horizon"] else "none",
-                     _cell(row["auc"]), str(row["n_seeds"]), str(row["n_errors"])]
-            if has_diverged:
-                cells.append(str(row["n_diverged"]))
-            body.append(cells)
-        table = _markdown_table(header, body, right=set(range(1, len(header))))
-        blocks.append("\n".join([heading, "", *table]))
-    notes = ("score: final evaluation score, mean ± std over seeds (error trials excluded); "
-             "horizon: largest T solved in a majority of seeds (none: no such T); "
-             "AUC: area under score vs log T, normalised to [0, 1].")
-    return "\n\n".join(blocks) + "\n\n" + notes + "\n"
+        for rank, row in enumerate(ranked.itertuples(), start=1):
+            label = row.model + (f" {settings[row.config_id]}" if settings is not None else "")
+            body.append([str(rank), label, H.format_horizon(row._asdict()), str(row.n_seeds)])
+        for row in rows[rows["unbounded_by_construction"]].itertuples():
+            body.append(["–", row.model, "not ranked: unbounded by construction", str(row.n_seeds)])
+        lines += [f"### {task}", "", *_markdown_table(["rank", "model", "median horizon [95% CI]", "seeds"],
+                                                        body, {0, 3}), ""]
+    return lines
 
 
-def format_report(df: pd.DataFrame, fmt: str) -> str:
-    """Render :func:`build_report`'s table as ``"markdown"`` (a heading and an aligned table per
-    task, for the console or a README), ``"csv"`` or ``"json"`` (a list of row objects; missing
-    values are ``null``) for scripts."""
-    if fmt == "markdown":
-        return _markdown(df)
+NOTES = ("score: test score at the end of training, mean ± std over seeds (error trials excluded); "
+         "horizon: median over seeds of the largest T remembered (interpolated in log T between the last "
+         "length passed and the first failed) [95% bootstrap interval over seeds; with few seeds it spans "
+         "their range]; ≥: not reached by the longest length tried; AUC: area under score vs log T, "
+         "normalised to [0, 1].")
+
+
+def full_report(run_dirs: list[Path], fmt: str = "markdown", select: str = "all", criterion: str = "default",
+                threshold: float | None = None) -> str:
+    """The report of ``harness report`` in ``markdown``, ``csv`` (one row per model, task, setting and T)
+    or ``json`` (the same rows)."""
+    if fmt not in REPORT_FORMATS:
+        raise HarnessError(f"unknown report format '{fmt}'; choose one of {', '.join(REPORT_FORMATS)}")
+    gradient_text = ""
+    if any((Path(d) / "gradients.csv").is_file() for d in run_dirs):
+        from harness.analysis.gradient_report import format_gradient_summary, gradient_summary
+
+        gradient_text = format_gradient_summary(gradient_summary(run_dirs), fmt)
+        if not any((Path(d) / "results.csv").is_file() for d in run_dirs):
+            return gradient_text
+    results, names = prepare(run_dirs, select, threshold)
+    table = score_table(results, names, criterion, select)
     if fmt == "csv":
-        return df.to_csv(index=False)
+        return table.drop(columns=["setting"]).to_csv(index=False) + (f"\n{gradient_text}" if gradient_text else "")
     if fmt == "json":
-        records = json.loads(df.to_json(orient="records"))
-        return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
-    raise HarnessError(f"unknown report format '{fmt}'; choose one of {', '.join(REPORT_FORMATS)}")
-
+        return json.dumps(json.loads(table.drop(columns=["setting"]).to_json(orient="records")), indent=2,
+                          ensure_ascii=False) + "\n"
+    horizon_run = any((Path(d) / "horizons.csv").is_file() for d in run_dirs)
+    blocks = []
+    for task, rows in ([] if horizon_run else table.groupby("task", sort=True)):
+        block = _task_block(task, rows, select)
+        if select == "best" and names:
+            block += _chosen_block(rows)
+        blocks.append("\n".join(block))
+    text = "\n\n".join(blocks) + "\n\n" + "\n".join(_horizon_ranking(results, criterion, select))
+    if horizon_run:
+        text += "(an adaptive length search: per-length scores with --format csv)\n"
+    if names:
+        text += f"\naxes: {', '.join(names)}; " + ("settings chosen per (model, task, T) on the validation set, "
+                                                   "scores from the test set.\n" if select == "best" else
+                                                   "every setting shown (--select best picks on validation).\n")
+    return text + "\n" + NOTES + "\n" + (f"\n{gradient_text}" if gradient_text else "")

@@ -27,6 +27,14 @@ class Entry:
     plugin: str
     aliases: tuple[str, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: Position in tables and legends (lower first); entries without one follow, sorted by name.
+    order: float | None = None
+    #: Colour and marker in every figure, e.g. ``{"color": "#1f77b4", "marker": "s"}``.
+    style: dict[str, str] = field(default_factory=dict)
+    #: Part of the sweep ``harness run`` makes when no ``--models``/``--tasks`` are given.
+    default_sweep: bool = False
+    #: (models) the model ``harness bench`` takes its speed ratios to.
+    reference: bool = False
 
     def load(self) -> Callable[..., Any]:
         """Return the factory, importing its module now if the target is a ``"module:attr"`` string."""
@@ -55,6 +63,10 @@ class Entry:
         if isinstance(self.target, str):
             return self.target
         return f"{self.target.__module__}:{getattr(self.target, '__qualname__', repr(self.target))}"
+
+
+def display_key(entry: Entry) -> tuple[int, float, str]:
+    return (0, entry.order, entry.name) if entry.order is not None else (1, 0.0, entry.name)
 
 
 class Registry:
@@ -104,6 +116,18 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._entries)
+
+    def ordered(self) -> list[Entry]:
+        """Entries in display order: those registered with an ``order`` first, then by name."""
+        return sorted(self._entries.values(), key=display_key)
+
+    def default_sweep(self) -> list[str]:
+        """Names registered for the default sweep, in display order."""
+        return [e.name for e in self.ordered() if e.default_sweep]
+
+    def reference(self) -> Entry | None:
+        """The entry registered as the reference (the first in display order), if any."""
+        return next((e for e in self.ordered() if e.reference), None)
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self._entries[name] for name in self.names())

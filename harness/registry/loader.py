@@ -33,6 +33,7 @@ from harness.errors import PluginError
 from harness.registry.entries import Entry, Registry, Target
 
 ENTRY_POINT_GROUP = "harness"
+DISTRIBUTION = "recurrent-harness"  # the distribution that provides the built-in plugins
 
 #: Built-in plugins, registered through the same hooks as third-party ones.
 BUILTIN_PLUGINS = (
@@ -65,7 +66,6 @@ class PluginInfo:
 class PluginState:
     """The loaded plugins and the registries they filled."""
 
-    manager: pluggy.PluginManager
     plugins: list[PluginInfo]
     models: Registry
     tasks: Registry
@@ -117,6 +117,13 @@ class _Loader:
         self.warnings: list[str] = []
         self.models = Registry("model")
         self.tasks = Registry("task")
+        self.accepted: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+
+    def rejected(self, plugin_name: str, message: str, exc: BaseException | None = None) -> None:
+        """A registration was refused: warn (or raise), and count it against the plugin."""
+        self.refused[plugin_name] = self.refused.get(plugin_name, 0) + 1
+        self.problem(None, message, exc)
 
     def problem(self, info: PluginInfo | None, message: str, exc: BaseException | None = None) -> None:
         """Report a plugin problem: raise in strict mode, else warn once on stderr and carry on."""
@@ -131,6 +138,11 @@ class _Loader:
     def register(self, module: object, info: PluginInfo) -> None:
         """Register one plugin module, rejecting it if it implements hooks that do not exist."""
         self.plugins.append(info)
+        unmarked = [hook for hook in HOOK_NAMES if callable(getattr(module, hook, None))
+                    and self.manager.parse_hookimpl_opts(module, hook) is None]
+        for hook in unmarked:
+            self.problem(None, f"plugin '{info.name}' defines {hook} but it is not marked with @hookimpl "
+                               f"(from harness import hookimpl), so it is never called")
         unknown = [  # any @hookimpl-marked function that is not a hook, whatever its name
             attr for attr in dir(module)
             if attr not in HOOK_NAMES and self.manager.parse_hookimpl_opts(module, attr) is not None
@@ -157,7 +169,7 @@ class _Loader:
         for module_name in BUILTIN_PLUGINS:
             module = importlib.import_module(module_name)
             self.register(module, PluginInfo(name=module_name, source="built-in", module=module_name,
-                                             distribution="harness", version=_own_version()))
+                                             distribution=DISTRIBUTION, version=_own_version()))
 
     def load_entry_points(self) -> None:
         allowed = _entry_point_filter()
@@ -210,24 +222,52 @@ class _Loader:
                 except Exception as exc:
                     self.problem(info, f"plugin '{impl.plugin_name}' raised in {hook_name}: "
                                        f"{type(exc).__name__}: {exc}", exc)
+        for info in self.plugins:
+            if info.status == "loaded" and self.refused.get(info.name) and not self.accepted.get(info.name):
+                info.status = "failed"
+                info.error = f"every registration of plugin '{info.name}' was rejected (see the warnings above)"
+        for info in self.plugins:
+            if info.status == "loaded" and not info.hooks and info.source != "built-in":
+                info.status = "failed"
+                info.error = f"plugin '{info.name}' implements no hook (are its functions marked with @hookimpl?)"
 
 
 def _make_register(registry: Registry, kind: str, plugin_name: str, loader: _Loader):
     def register(name: str, target: Target, description: str = "", aliases: Iterable[str] = (),
-                 defaults: dict[str, Any] | None = None) -> None:
+                 defaults: dict[str, Any] | None = None, *, order: float | None = None,
+                 style: dict[str, str] | None = None, default_sweep: bool = False,
+                 reference: bool = False) -> None:
         """Register a model or task under ``name`` (see ``harness.hookspecs``)."""
-        if not (callable(target) or (isinstance(target, str) and ":" in target)):
-            loader.problem(None, f"plugin '{plugin_name}' registered {kind} '{name}' with target "
-                                 f"{target!r}: expected a callable or a 'module:attr' string")
+        problem = _registration_problem(target, defaults, order, style)
+        if problem:
+            loader.rejected(plugin_name, f"plugin '{plugin_name}' registered {kind} '{name}' with {problem}")
             return
         entry = Entry(kind=kind, name=name, target=target, description=" ".join(description.split()),
-                      plugin=plugin_name, aliases=tuple(aliases), defaults=dict(defaults or {}))
+                      plugin=plugin_name, aliases=tuple(aliases), defaults=dict(defaults or {}),
+                      order=None if order is None else float(order), style=dict(style or {}),
+                      default_sweep=bool(default_sweep), reference=bool(reference))
         try:
             registry.add(entry)
         except PluginError as exc:
-            loader.problem(None, str(exc), exc)
+            loader.rejected(plugin_name, str(exc), exc)
+            return
+        loader.accepted[plugin_name] = loader.accepted.get(plugin_name, 0) + 1
     register.__name__ = f"register_{kind}"
     return register
+
+
+def _registration_problem(target: Any, defaults: Any, order: Any, style: Any) -> str | None:
+    """What is wrong with a registration's arguments, or None."""
+    if not (callable(target) or (isinstance(target, str) and ":" in target)):
+        return f"target {target!r}: expected a callable or a 'module:attr' string"
+    if defaults is not None and not isinstance(defaults, dict):
+        return f"defaults {defaults!r}: expected a dict of options"
+    if order is not None and (isinstance(order, bool) or not isinstance(order, (int, float))):
+        return f"order {order!r}: expected a number"
+    if style is not None and not (isinstance(style, dict) and set(style) <= {"color", "marker"}
+                                  and all(isinstance(v, str) for v in style.values())):
+        return f"style {style!r}: expected a dict with 'color' and/or 'marker' strings"
+    return None
 
 
 def _own_version() -> str:
@@ -245,7 +285,7 @@ def load_plugins(strict: bool | None = None, entry_points: bool = True,
     loader.load_extra(_extra_plugin_specs() if extra is None else extra)
     loader.manager.check_pending()
     loader.collect()
-    return PluginState(loader.manager, loader.plugins, loader.models, loader.tasks, loader.warnings)
+    return PluginState(loader.plugins, loader.models, loader.tasks, loader.warnings)
 
 
 _STATE: PluginState | None = None
@@ -263,6 +303,16 @@ def reset_state() -> None:
     """Forget the loaded plugins (tests, or after changing the plugin environment variables)."""
     global _STATE
     _STATE = None
+
+
+def provider(entry: Entry) -> str:
+    """Which distribution (and version) registered ``entry``, for result provenance."""
+    info = next((p for p in get_state().plugins if p.name == entry.plugin), None)
+    if info is None:
+        return entry.plugin
+    if info.distribution:
+        return f"{info.distribution} {info.version or ''}".strip()
+    return f"{info.source} {info.name}"
 
 
 def get_model(name: str) -> Entry:

@@ -6,8 +6,8 @@ For every model and length a :class:`~harness.model_api.TaskModel` (``readout="l
 same four things a trial does every step (no task data, no evaluation). Each model gets
 ``warmup`` untimed steps; then ``repeats`` timed rounds run the models round-robin, one step each,
 so a change in the machine's load during the benchmark falls on every model alike; the reported
-time is each model's median step. ``lstm`` (fused ``torch.nn.LSTM``) is always timed as the
-reference the ratios are taken to.
+time is each model's median step. The model registered as the reference (``reference=True``; the
+built-in plugins register the fused ``torch.nn.LSTM``) is always timed, and ratios are taken to it.
 
 Peak memory:
 
@@ -33,7 +33,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-REFERENCE = "lstm"
 OUTPUT_SIZE = 8
 DEFAULT_LENGTHS = (50, 200, 1000)
 
@@ -52,6 +51,7 @@ class BenchConfig:
     memory: bool = True
     lr: float = 1e-3
     clip: float = 1.0
+    reference: str | None = None  # the model ratios are taken to
 
 
 @dataclass
@@ -59,7 +59,7 @@ class BenchRow:
     model: str
     length: int
     ms_per_step: float | None = None
-    ratio_to_lstm: float | None = None
+    ratio_to_reference: float | None = None
     peak_memory_mb: float | None = None
     times_ms: list[float] = field(default_factory=list)
     error: str = ""
@@ -102,18 +102,13 @@ class _Subject:
 
     def timed_step(self) -> float:
         """Seconds for one step, the device synchronised on both sides."""
-        _synchronize(self.device)
+        from harness.runs.environment import synchronize
+
+        synchronize(self.device)
         start = time.perf_counter()
         self.step()
-        _synchronize(self.device)
+        synchronize(self.device)
         return time.perf_counter() - start
-
-
-def _synchronize(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _describe(exc: BaseException) -> str:
@@ -149,11 +144,11 @@ def time_length(config: BenchConfig, length: int, progress=None) -> list[BenchRo
     for row in rows.values():
         if row.times_ms and not row.error:
             row.ms_per_step = statistics.median(row.times_ms)
-    reference = rows.get(REFERENCE)
+    reference = rows.get(config.reference) if config.reference else None
     if reference is not None and reference.ms_per_step:
         for row in rows.values():
             if row.ms_per_step is not None:
-                row.ratio_to_lstm = row.ms_per_step / reference.ms_per_step
+                row.ratio_to_reference = row.ms_per_step / reference.ms_per_step
     return list(rows.values())
 
 
@@ -186,12 +181,14 @@ def measure_peak_here(name: str, config: BenchConfig, length: int) -> float:
     subject = _Subject(name, config, length)
     steps = config.warmup + 1
     if subject.device.type == "cuda":
-        _synchronize(subject.device)
+        from harness.runs.environment import synchronize
+
+        synchronize(subject.device)
         torch.cuda.reset_peak_memory_stats(subject.device)
         before = torch.cuda.memory_allocated(subject.device)
         for _ in range(steps):
             subject.step()
-        _synchronize(subject.device)
+        synchronize(subject.device)
         return (torch.cuda.max_memory_allocated(subject.device) - before) / 2**20
     rss = _status_kib("VmRSS")
     if rss is not None:
@@ -278,7 +275,7 @@ def run_bench(config: BenchConfig, progress=None) -> dict[str, Any]:
                "python": sys.version.split()[0], "malloc_tuned": malloc_tuned()}
     if config.device.startswith("cuda"):
         machine["gpu"] = torch.cuda.get_device_name(torch.device(config.device))
-    return {"config": asdict(config), "machine": machine, "reference": REFERENCE,
+    return {"config": asdict(config), "machine": machine, "reference": config.reference,
             "memory_method": _memory_method(config), "seconds": round(time.perf_counter() - started, 1),
             "results": [asdict(row) for row in rows]}
 
@@ -303,12 +300,12 @@ def format_report(report: dict[str, Any]) -> str:
         f"memory: {report['memory_method']}",
         "",
     ]
-    header = ("T", "model", "ms/step", f"x {report['reference']}", "peak MiB", "")
+    header = ("T", "model", "ms/step", f"x {report['reference'] or 'ref'}", "peak MiB", "")
     table = []
     for row in report["results"]:
         table.append((str(row["length"]), row["model"],
                       "-" if row["ms_per_step"] is None else f"{row['ms_per_step']:.1f}",
-                      "-" if row["ratio_to_lstm"] is None else f"{row['ratio_to_lstm']:.2f}",
+                      "-" if row["ratio_to_reference"] is None else f"{row['ratio_to_reference']:.2f}",
                       "-" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f}",
                       f"error: {row['error']}" if row["error"] else ""))
     widths = [max(len(r[i]) for r in (header, *table)) for i in range(len(header))]

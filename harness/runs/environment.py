@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 from typing import Any
 
 from harness.errors import HarnessError
@@ -45,15 +44,28 @@ def resolve_device(requested: str) -> str:
     raise HarnessError(f"unknown device '{requested}': expected auto, cpu, cuda, cuda:N or mps")
 
 
-def cpu_name() -> str:
+def cpu_info(field: str) -> str | None:
+    """One field of ``/proc/cpuinfo`` (Linux) for the first processor, e.g. ``model name`` or ``flags``."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as stream:
             for line in stream:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    return cpu_info("model name") or platform.processor() or platform.machine()
+
+
+def synchronize(device: Any) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so that wall-clock timings are honest."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def device_details(device: str) -> dict[str, Any]:
@@ -69,11 +81,14 @@ def device_details(device: str) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
+    """Versions of what produced a run (no paths: run folders are committed and shared)."""
     import numpy
+    import pandas
+    import pluggy
     import torch
 
     import harness
 
     return {"harness": harness.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "executable": sys.executable}
+            "pandas": pandas.__version__, "pluggy": pluggy.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}

@@ -1,26 +1,46 @@
-"""Where trials run: in this process, or in a pool of local worker processes.
+"""Where trials run: a pool of worker processes on this machine, this process itself, or Ray.
 
-An executor only maps :func:`harness.training.run_trial` over trial specs and yields outcomes
-as they finish; it knows nothing about files or sweeps, so a distributed executor can be added
-without touching the training code.
+An executor takes trial specs (:meth:`submit`) and yields each outcome as it finishes
+(:meth:`outcomes`); it knows nothing about files or sweeps, so the adaptive length search can
+submit new trials as results come in, and other engines plug in behind the same two methods.
+
+The local pool isolates every trial in a worker process (with one worker too): a trial that kills
+its process (a segfault, ``os._exit``, the out-of-memory killer) is recorded as an ``error`` naming
+the exit code or signal, its worker is replaced, and every other trial runs. A trial running
+longer than ``trial_timeout`` seconds is stopped the same way. Workers exit when the sweep's main
+process dies, however it dies (``PR_SET_PDEATHSIG`` on Linux, a watchdog thread elsewhere).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import collections
 import multiprocessing
+import multiprocessing.connection
 import os
-from typing import Callable, Iterable, Iterator, Protocol
+import signal
+import sys
+import threading
+import time
+from typing import Any, Iterator, Protocol
 
 from harness.runs.environment import available_cores
-from harness.runs.training import TrialOutcome, TrialSpec, error_outcome
+from harness.runs.spec import TrialSpec
+from harness.runs.training import TrialOutcome, error_outcome
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: A worker that dies this many times in a row before finishing any trial means workers cannot run.
+STARTUP_FAILURES = 3
 
 
 class Executor(Protocol):
-    def run(self, specs: Iterable[TrialSpec], on_start: Callable[[TrialSpec], None]) -> Iterator[TrialOutcome]:
-        """Run every spec; yield each outcome as soon as it is finished."""
+    def submit(self, spec: TrialSpec) -> None:
+        """Queue a trial."""
+
+    def outcomes(self) -> Iterator[TrialOutcome]:
+        """Yield the outcome of every submitted trial as it finishes (trials may be submitted meanwhile)."""
+
+    def close(self) -> None:
+        """Stop every worker (running trials are abandoned)."""
 
 
 def threads_per_worker(workers: int) -> int:
@@ -28,13 +48,43 @@ def threads_per_worker(workers: int) -> int:
     return max(1, available_cores() // max(1, workers))
 
 
+def resolve_workers(workers: int | str, device: str, trials: int) -> int:
+    """``auto``: one worker per core on CPU (small recurrent models scale better across processes
+    than across threads), one on an accelerator; never more workers than trials; 0 stays 0."""
+    if workers == "auto":
+        workers = available_cores() if device == "cpu" else 1
+    if int(workers) == 0:
+        return 0
+    return max(1, min(int(workers), max(trials, 1)))
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+# --------------------------------------------------------------------------------------------
+# In this process
+
+
 class InProcessExecutor:
-    """Runs trials one after another in this process with ``threads`` torch threads."""
+    """Runs trials one after another in this process (``--workers 0``): no isolation, for debugging."""
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
+        self.queue: collections.deque[TrialSpec] = collections.deque()
+        self._prepared = False
 
-    def run(self, specs: Iterable[TrialSpec], on_start: Callable[[TrialSpec], None]) -> Iterator[TrialOutcome]:
+    def submit(self, spec: TrialSpec) -> None:
+        self.queue.append(spec)
+
+    def outcomes(self) -> Iterator[TrialOutcome]:
         import torch
 
         from harness.runs.training import prepare_process, run_trial
@@ -42,17 +92,48 @@ class InProcessExecutor:
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            for index, spec in enumerate(specs):
-                if index == 0:
+            while self.queue:
+                if not self._prepared:
                     prepare_process()  # one-time costs, outside every trial's clock
-                on_start(spec)
-                yield run_trial(spec)
+                    self._prepared = True
+                yield run_trial(self.queue.popleft())
         finally:
             torch.set_num_threads(previous)
 
+    def close(self) -> None:
+        self.queue.clear()
 
-def _init_worker(threads: int, extra_plugins: str) -> None:
-    """Runs in each worker before torch is imported: pin thread counts, tune the allocator."""
+
+# --------------------------------------------------------------------------------------------
+# A pool of worker processes
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the process that started it dies (even by SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(1.0)
+
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+    threading.Thread(target=watch, name="harness-parent-watchdog", daemon=True).start()
+
+
+def _worker_main(conn: Any, threads: int, extra_plugins: str, parent: int) -> None:
+    """A worker: set threads and the allocator before torch, then run trials sent over ``conn``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(parent)
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
     if extra_plugins:
@@ -63,47 +144,161 @@ def _init_worker(threads: int, extra_plugins: str) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from harness.runs.training import prepare_process
+    from harness.runs.training import prepare_process, run_trial
 
     prepare_process()
+    while True:
+        try:
+            spec = conn.recv()
+        except (EOFError, OSError):
+            return
+        if spec is None:
+            return
+        outcome = run_trial(spec)
+        try:
+            conn.send(outcome)
+        except Exception as exc:  # an unpicklable value in a third-party row: still report the trial
+            conn.send(error_outcome(spec, f"the trial's results could not be sent back: {type(exc).__name__}: {exc}"))
 
 
-def _run_in_worker(spec: TrialSpec) -> TrialOutcome:
-    from harness.runs.training import run_trial
+class _Worker:
+    def __init__(self, context: Any, threads: int, extra_plugins: str) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, threads, extra_plugins, os.getpid()),
+                                       daemon=True, name="harness-worker")
+        self.process.start()
+        child.close()
+        self.spec: TrialSpec | None = None
+        self.started = 0.0
+        self.finished_any = False
 
-    return run_trial(spec)
+    def give(self, spec: TrialSpec) -> None:
+        self.spec, self.started = spec, time.monotonic()
+        self.conn.send(spec)
+
+    def stop(self, kill: bool) -> None:
+        if self.process.is_alive():
+            if kill:
+                self.process.kill()
+            else:
+                try:
+                    self.conn.send(None)
+                except OSError:
+                    self.process.kill()
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
 
 
 class ProcessPoolExecutor:
-    """Runs trials in ``workers`` spawned processes, each with ``cores // workers`` threads."""
+    """Runs trials in ``workers`` spawned processes, each with ``threads`` torch threads."""
 
-    def __init__(self, workers: int, threads: int) -> None:
-        self.workers = workers
-        self.threads = threads
+    def __init__(self, workers: int, threads: int, trial_timeout: float | None = None) -> None:
+        self.size, self.threads, self.trial_timeout = workers, threads, trial_timeout
+        self.context = multiprocessing.get_context("spawn")  # fork after OpenMP has started can hang
+        self.extra_plugins = os.environ.get("HARNESS_EXTRA_PLUGINS", "")
+        self.queue: collections.deque[TrialSpec] = collections.deque()
+        self.workers: list[_Worker] = []
+        self.failed_starts = 0
+        self._abandoned: list[TrialOutcome] = []
 
-    def run(self, specs: Iterable[TrialSpec], on_start: Callable[[TrialSpec], None]) -> Iterator[TrialOutcome]:
-        context = multiprocessing.get_context("spawn")  # fork after OpenMP has started can hang
-        pool = concurrent.futures.ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_init_worker,
-            initargs=(self.threads, os.environ.get("HARNESS_EXTRA_PLUGINS", "")))
-        try:
-            futures = {}
-            # Longest first (length x steps as the cost estimate): the last trials to finish are
-            # then short ones, so no worker sits idle long at the end of the sweep.
-            for spec in sorted(specs, key=lambda s: s.length * s.steps, reverse=True):
-                futures[pool.submit(_run_in_worker, spec)] = spec
-            for future in concurrent.futures.as_completed(futures):
-                spec = futures[future]
-                on_start(spec)
-                try:
-                    yield future.result()
-                except Exception as exc:  # the worker died (segfault, out of memory, ...)
-                    yield error_outcome(spec, f"worker process failed: {type(exc).__name__}: {exc}")
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+    def submit(self, spec: TrialSpec) -> None:
+        self.queue.append(spec)
+
+    def _dispatch(self) -> None:
+        idle = [w for w in self.workers if w.spec is None]
+        while self.queue and (idle or len(self.workers) < self.size):
+            worker = idle.pop() if idle else self._start()
+            spec = self.queue.popleft()
+            try:
+                worker.give(spec)
+            except OSError:  # an idle worker that died meanwhile: replace it, keep the trial
+                worker.spec = None
+                worker.stop(kill=True)
+                self.workers.remove(worker)
+                self.queue.appendleft(spec)
+
+    def _start(self) -> _Worker:
+        worker = _Worker(self.context, self.threads, self.extra_plugins)
+        self.workers.append(worker)
+        return worker
+
+    def outcomes(self) -> Iterator[TrialOutcome]:
+        while True:
+            self._dispatch()
+            busy = [w for w in self.workers if w.spec is not None]
+            if not busy:
+                return
+            waitables = [w.conn for w in busy] + [w.process.sentinel for w in busy]
+            ready = multiprocessing.connection.wait(waitables, timeout=self._wait_time(busy))
+            for worker in busy:
+                if worker.spec is None or worker not in self.workers:
+                    continue  # stopped meanwhile (workers that cannot start)
+                outcome = self._collect(worker, ready)
+                if outcome is not None:
+                    yield outcome
+            while self._abandoned:
+                yield self._abandoned.pop(0)
+
+    def _wait_time(self, busy: list[_Worker]) -> float | None:
+        if self.trial_timeout is None:
+            return None
+        now = time.monotonic()
+        return max(0.0, min(w.started + self.trial_timeout - now for w in busy))
+
+    def _collect(self, worker: _Worker, ready: list[Any]) -> TrialOutcome | None:
+        spec = worker.spec
+        assert spec is not None
+        if worker.conn in ready:
+            try:
+                outcome = worker.conn.recv()
+            except (EOFError, OSError):
+                outcome = None
+            if outcome is not None:
+                worker.spec, worker.finished_any, self.failed_starts = None, True, 0
+                return outcome
+        if worker.process.sentinel in ready or not worker.process.is_alive():
+            worker.process.join(timeout=5)
+            return self._lost(worker, f"its worker process died ({describe_exit(worker.process.exitcode)})")
+        if self.trial_timeout is not None and time.monotonic() - worker.started >= self.trial_timeout:
+            return self._lost(worker, f"timed out after {self.trial_timeout:g} s (--trial-timeout)")
+        return None
+
+    def _lost(self, worker: _Worker, why: str) -> TrialOutcome:
+        """Record the worker's trial as an error, and replace the worker."""
+        spec = worker.spec
+        assert spec is not None
+        worker.stop(kill=True)
+        self.workers.remove(worker)
+        if not worker.finished_any:
+            self.failed_starts += 1
+        if self.failed_starts >= STARTUP_FAILURES:  # workers cannot even start: do not loop forever
+            lost = [*self.queue]
+            self.queue.clear()
+            for other in [w for w in self.workers if w.spec is not None]:
+                lost.append(other.spec)
+                other.stop(kill=True)
+                self.workers.remove(other)
+            self._abandoned = [error_outcome(s, f"not run: worker processes keep dying ({why})") for s in lost]
+        return error_outcome(spec, why)
+
+    def close(self) -> None:
+        self.queue.clear()
+        for worker in self.workers:
+            worker.stop(kill=worker.spec is not None)
+        self.workers.clear()
 
 
-def make_executor(workers: int, threads: int | None = None) -> Executor:
-    """In-process for one worker, else a process pool; threads default to cores // workers."""
+def make_executor(workers: int, threads: int | None = None, trial_timeout: float | None = None,
+                  kind: str = "local", **ray_options: Any) -> Executor:
+    """The executor for a sweep: Ray, this process (``workers == 0``), or a local pool."""
     threads = threads or threads_per_worker(workers)
-    return InProcessExecutor(threads) if workers <= 1 else ProcessPoolExecutor(workers, threads)
+    if kind == "ray":
+        from harness.runs.ray_executor import RayExecutor
+
+        return RayExecutor(threads=threads, trial_timeout=trial_timeout, **ray_options)
+    if workers == 0:
+        return InProcessExecutor(threads)
+    return ProcessPoolExecutor(workers, threads, trial_timeout)

@@ -1,72 +1,45 @@
-"""Train and evaluate one trial: one (model, task, length, seed) for a budget of steps.
+"""Train and evaluate one trial: one (model, task, length, seed) and its settings, for a budget of steps.
 
-The loop follows SPEC §4: Adam, gradient-norm clipping after ``backward()`` and before the step,
-fresh training data every step, a fixed held-out evaluation set, early stop once solved. A
-non-finite loss ends the trial as ``diverged`` with its last finite numbers; any exception
-raised by a model or task ends it as ``error``. Neither escapes to the caller.
+Adam, gradient-norm clipping after ``backward()`` and before the step, fresh training data every
+step. Three disjoint data streams: training batches, a validation set (early stopping: training
+stops once the validation score reaches the threshold; model selection in reports) and a test
+set (the reported score and loss). A non-finite loss ends the trial as ``diverged`` with its last
+finite numbers; any exception raised by a model or task ends it as ``error``. Neither escapes.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import random
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 import harness
-from harness.runs.config import SweepConfig
 from harness.model_api import TaskModel, count_parameters
-from harness.registry.loader import get_model, get_task
-from harness.runs.seeding import EVAL_DATA, INIT, TRAIN_DATA, derive_seed
+from harness.runs import settings as S
+from harness.runs.environment import synchronize
+from harness.runs.options import canonical
+from harness.runs.seeding import INIT, TEST_DATA, TRAIN_DATA, VALIDATION_DATA, derive_seed
+from harness.runs.spec import TrialSpec
 from harness.task_api import Batch, Task
 
 EVAL_BATCH = 256
-_DEFAULTS = SweepConfig()  # one source of truth for training defaults
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """Everything that determines a trial's numbers (with the device it runs on)."""
-
-    model: str
-    task: str
-    length: int
-    seed: int
-    steps: int = 1000
-    batch_size: int = _DEFAULTS.batch_size
-    hidden_size: int = _DEFAULTS.hidden_size
-    lr: float = _DEFAULTS.lr
-    eval_every: int = _DEFAULTS.eval_every
-    eval_size: int = _DEFAULTS.eval_size
-    threshold: float = _DEFAULTS.threshold
-    clip: float = _DEFAULTS.clip
-    device: str = "cpu"
-    model_options: dict[str, Any] = field(default_factory=dict, hash=False)
-    task_options: dict[str, Any] = field(default_factory=dict, hash=False)
-
-    @property
-    def key(self) -> tuple[str, str, int, int]:
-        return (self.model, self.task, self.length, self.seed)
-
-    @property
-    def label(self) -> str:
-        return f"{self.model} {self.task} T={self.length} seed={self.seed}"
 
 
 @dataclass
 class TrialOutcome:
-    """One ``results.csv`` row and the trial's ``curves.csv`` rows."""
+    """One ``results.csv`` row, the trial's ``curves.csv`` rows and its ``gradients.csv`` rows."""
 
     row: dict[str, Any]
     curve: list[dict[str, Any]]
+    gradients: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -74,11 +47,15 @@ class TrialOutcome:
 
 
 def build_task(spec: TrialSpec) -> Task:
+    from harness.registry.loader import get_task
+
     return get_task(spec.task).build(length=spec.length, **spec.task_options)
 
 
 def build_model(spec: TrialSpec, task: Task) -> TaskModel:
     """Build the model under the trial's init seed (torch, numpy and random all seeded)."""
+    from harness.registry.loader import get_model
+
     init_seed = derive_seed(spec.seed, INIT)
     torch.manual_seed(init_seed)
     np.random.seed(init_seed % 2**32)
@@ -94,9 +71,9 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     return generator
 
 
-def evaluation_set(task: Task, spec: TrialSpec, device: torch.device) -> list[Batch]:
-    """The fixed held-out set for (task, length, seed): identical for every model."""
-    generator = make_generator(device, derive_seed(spec.seed, EVAL_DATA))
+def held_out_set(task: Task, spec: TrialSpec, device: torch.device, stream: int) -> list[Batch]:
+    """The fixed validation or test set for (task, length, seed): identical for every model."""
+    generator = make_generator(device, derive_seed(spec.seed, stream))
     sizes = [EVAL_BATCH] * (spec.eval_size // EVAL_BATCH)
     if spec.eval_size % EVAL_BATCH:
         sizes.append(spec.eval_size % EVAL_BATCH)
@@ -105,7 +82,7 @@ def evaluation_set(task: Task, spec: TrialSpec, device: torch.device) -> list[Ba
 
 @torch.no_grad()
 def evaluate(model: TaskModel, task: Task, batches: list[Batch]) -> tuple[float, float]:
-    """Mean loss and score over the evaluation batches, weighted by batch size."""
+    """Mean loss and score over the batches, weighted by batch size."""
     model.eval()
     total = sum(len(b) for b in batches)
     loss = score = 0.0
@@ -117,27 +94,20 @@ def evaluate(model: TaskModel, task: Task, batches: list[Batch]) -> tuple[float,
     return loss, score
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def base_row(spec: TrialSpec) -> dict[str, Any]:
-    """A result row for ``spec`` before training: hyperparameters and provenance, no numbers yet."""
-    return {
+    """A result row for ``spec`` before training: settings and provenance, no numbers yet."""
+    row: dict[str, Any] = {
         "model": spec.model, "task": spec.task, "length": spec.length, "seed": spec.seed,
-        "status": "ok", "score": math.nan, "loss": math.nan, "best_score": math.nan,
-        "chance_score": math.nan, "memoryless_loss": math.nan, "solved": False,
-        "steps_to_solve": None, "steps": 0, "train_seconds": 0.0, "seconds_per_step": math.nan,
-        "params": None, "hidden_size": spec.hidden_size, "batch_size": spec.batch_size,
-        "lr": spec.lr, "max_steps": spec.steps, "eval_every": spec.eval_every,
-        "eval_size": spec.eval_size, "threshold": spec.threshold, "clip": spec.clip,
-        "model_options": json.dumps(spec.model_options, sort_keys=True),
-        "task_options": json.dumps(spec.task_options, sort_keys=True),
-        "sequence_length": None, "device": spec.device, "torch_version": torch.__version__,
-        "harness_version": harness.__version__, "python_version": platform.python_version(),
-        "error": "", "trial_seconds": 0.0, "finished_at": _now(),
+        "config_id": spec.config_id, "status": "ok", "score": math.nan, "loss": math.nan,
+        "val_score": math.nan, "val_loss": math.nan, "best_val_score": math.nan, "solved": False,
+        "steps": 0, "train_seconds": 0.0, "trial_seconds": 0.0,
+        "model_options": canonical(spec.model_options), "task_options": canonical(spec.task_options),
+        "torch_version": torch.__version__, "harness_version": harness.__version__,
+        "python_version": platform.python_version(), "error": "", "finished_at": _now(),
     }
+    for setting in S.trial_settings():
+        row[setting.column_name] = spec.values[setting.name]
+    return row
 
 
 def _now() -> str:
@@ -145,7 +115,7 @@ def _now() -> str:
 
 
 def error_outcome(spec: TrialSpec, message: str) -> TrialOutcome:
-    """The outcome of a trial that could not run at all (e.g. its worker process died)."""
+    """The outcome of a trial that could not run at all (its worker died, it timed out, ...)."""
     row = base_row(spec)
     row.update(status="error", error=message.replace("\n", " "))
     return TrialOutcome(row, [])
@@ -155,24 +125,22 @@ def prepare_process() -> None:
     """Pay once per process, before the first trial, the costs no trial should carry.
 
     The first ``torch.optim`` optimizer of a process imports ``torch._dynamo`` (about 3 s of CPU
-    here), plugins are loaded once, and the fused cell kernels are compiled (once per machine)
-    or loaded; without this the first trial of every worker would be seconds slower than the rest.
+    here) and plugins are loaded once; without this the first trial of every worker would be
+    seconds slower than the rest. (Models that need compiled kernels load them on first use.)
     """
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
-    from harness.plugins import cell_kernels
     from harness.registry.loader import get_state
 
     get_state()
-    cell_kernels.status()
 
 
-def run_trial(spec: TrialSpec, on_eval: Callable[[int, float], None] | None = None) -> TrialOutcome:
+def run_trial(spec: TrialSpec) -> TrialOutcome:
     """Run one trial to completion; never raises for model, task or numerical failures."""
     started = time.perf_counter()
     row = base_row(spec)
-    curve: list[dict[str, Any]] = []
+    outcome = TrialOutcome(row, [])
     try:
-        _train(spec, row, curve, on_eval)
+        Training(spec, row).run(outcome)
     except Exception as exc:  # a plugin's failure is recorded, never propagated into the sweep
         row["status"] = "error"
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
@@ -180,62 +148,124 @@ def run_trial(spec: TrialSpec, on_eval: Callable[[int, float], None] | None = No
         row["error"] = f"{type(exc).__name__}: {exc}{where}".replace("\n", " ")
     row["trial_seconds"] = round(time.perf_counter() - started, 4)
     row["finished_at"] = _now()
-    return TrialOutcome(row, curve)
+    return outcome
 
 
-def _train(spec: TrialSpec, row: dict[str, Any], curve: list[dict[str, Any]],
-           on_eval: Callable[[int, float], None] | None) -> None:
-    device = torch.device(spec.device)
-    task = build_task(spec)
-    row.update(chance_score=task.chance_score, memoryless_loss=task.memoryless_loss,
-               sequence_length=task.sequence_length)
-    model = build_model(spec, task).to(device)
-    row["params"] = count_parameters(model)
-    eval_batches = evaluation_set(task, spec, device)
-    train_generator = make_generator(device, derive_seed(spec.seed, TRAIN_DATA))
-    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
-    parameters = [p for p in model.parameters() if p.requires_grad]
+class Training:
+    """A trial's task, model, data streams and optimizer; :meth:`run` trains and evaluates it."""
 
-    train_seconds, loss_sum, losses_since_eval, best = 0.0, None, 0, -math.inf
-    _synchronize(device)
-    tick = time.perf_counter()
-    for step in range(1, spec.steps + 1):
-        batch = task.sample(spec.batch_size, train_generator)
-        loss = task.loss(model(batch.inputs), batch)
-        optimizer.zero_grad(set_to_none=True)
+    def __init__(self, spec: TrialSpec, row: dict[str, Any]) -> None:
+        from harness.registry.loader import get_model, get_task, provider
+
+        self.spec, self.row = spec, row
+        self.device = torch.device(spec.device)
+        self.task = build_task(spec)
+        self.model = build_model(spec, self.task).to(self.device)
+        core = self.model.core
+        row.update(chance_score=self.task.chance_score, memoryless_loss=self.task.memoryless_loss,
+                   sequence_length=self.task.sequence_length, params=count_parameters(self.model),
+                   task_criterion=str(getattr(self.task, "horizon_criterion", "")),
+                   implementation=str(getattr(core, "implementation", "") or ""),
+                   unbounded_by_construction=bool(getattr(core, "bidirectional", False)
+                                                  and getattr(self.task, "bidirectional_shortcut", False)),
+                   model_provider=provider(get_model(spec.model)), task_provider=provider(get_task(spec.task)))
+        self.validation = held_out_set(self.task, spec, self.device, VALIDATION_DATA)
+        self.test = held_out_set(self.task, spec, self.device, TEST_DATA)
+        self.generator = make_generator(self.device, derive_seed(spec.seed, TRAIN_DATA))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+
+    def step(self) -> torch.Tensor:
+        """One training step on a fresh batch; returns the detached loss (no host sync)."""
+        batch = self.task.sample(self.spec.batch_size, self.generator)
+        loss = self.task.loss(self.model(batch.inputs), batch)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, spec.clip)
-        optimizer.step()
-        detached = loss.detach()
-        loss_sum = detached if loss_sum is None else loss_sum + detached  # no host sync per step
-        losses_since_eval += 1
-        if step % spec.eval_every and step != spec.steps:
-            continue
-        _synchronize(device)
-        train_seconds += time.perf_counter() - tick
-        row.update(steps=step, train_seconds=round(train_seconds, 4),
-                   seconds_per_step=train_seconds / step)
-        train_loss = loss_sum.item() / losses_since_eval
-        if not math.isfinite(train_loss):
-            row["status"] = "diverged"
-            return
-        eval_loss, eval_score = evaluate(model, task, eval_batches)
-        if not (math.isfinite(eval_loss) and math.isfinite(eval_score)):
-            row["status"] = "diverged"
-            return
-        best = max(best, eval_score)
-        curve.append({"model": spec.model, "task": spec.task, "length": spec.length, "seed": spec.seed,
-                      "step": step, "train_loss": train_loss, "eval_loss": eval_loss,
-                      "eval_score": eval_score, "elapsed_seconds": round(train_seconds, 4)})
-        row.update(score=eval_score, loss=eval_loss, best_score=best)
-        if on_eval is not None:
-            on_eval(step, eval_score)
-        if eval_score >= spec.threshold:
-            row.update(solved=True, steps_to_solve=step)
-            return
-        loss_sum, losses_since_eval = None, 0
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.spec.clip)
+        self.optimizer.step()
+        return loss.detach()
+
+    def run(self, outcome: TrialOutcome) -> None:
+        spec, row = self.spec, self.row
+        gradients = _GradientProbe.maybe(self, outcome)
+        train_seconds, loss_sum, losses_since_eval, best = 0.0, None, 0, -math.inf
+        synchronize(self.device)
         tick = time.perf_counter()
+        for step in range(1, spec.max_steps + 1):
+            detached = self.step()
+            loss_sum = detached if loss_sum is None else loss_sum + detached
+            losses_since_eval += 1
+            if gradients is not None and gradients.due(step):
+                train_seconds += self._pause(tick)
+                gradients.measure(step)
+                tick = time.perf_counter()
+            if step % spec.eval_every and step != spec.max_steps:
+                continue
+            train_seconds += self._pause(tick)
+            row.update(steps=step, train_seconds=round(train_seconds, 4), seconds_per_step=train_seconds / step)
+            train_loss = loss_sum.item() / losses_since_eval
+            if not math.isfinite(train_loss):
+                row["status"] = "diverged"
+                break
+            val_loss, val_score = evaluate(self.model, self.task, self.validation)
+            test_loss, test_score = evaluate(self.model, self.task, self.test)
+            if not all(math.isfinite(v) for v in (val_loss, val_score, test_loss, test_score)):
+                row["status"] = "diverged"
+                break
+            best = max(best, val_score)
+            point = {"model": spec.model, "task": spec.task, "length": spec.length, "seed": spec.seed,
+                     "config_id": row["config_id"], "step": step, "train_loss": train_loss,
+                     "val_loss": val_loss, "val_score": val_score, "test_loss": test_loss,
+                     "test_score": test_score, "elapsed_seconds": round(train_seconds, 4)}
+            if spec.grad_stats:
+                from harness.runs.gradients import gradient_stats
+
+                point.update(gradient_stats(self.model, self.task, spec, self.device))
+            outcome.curve.append(point)
+            row.update(score=test_score, loss=test_loss, val_score=val_score, val_loss=val_loss, best_val_score=best)
+            if val_score >= spec.threshold:
+                row["steps_to_solve"] = step
+                break
+            loss_sum, losses_since_eval = None, 0
+            tick = time.perf_counter()
+        row["solved"] = bool(math.isfinite(row["score"]) and row["score"] >= spec.threshold)
+        if gradients is not None:
+            gradients.finish(row["steps"])
+
+    def _pause(self, tick: float) -> float:
+        synchronize(self.device)
+        return time.perf_counter() - tick
 
 
-def spec_as_dict(spec: TrialSpec) -> dict[str, Any]:
-    return asdict(spec)
+class _GradientProbe:
+    """Gradient-flow measurements at chosen steps of a trial (``grad_at``), into the outcome."""
+
+    def __init__(self, training: Training, outcome: TrialOutcome, steps: set[int], at_end: bool) -> None:
+        self.training, self.outcome, self.steps, self.at_end = training, outcome, steps, at_end
+        self.done: set[int] = set()
+        if 0 in steps:
+            self.measure(0)
+
+    @classmethod
+    def maybe(cls, training: Training, outcome: TrialOutcome) -> "_GradientProbe | None":
+        at = getattr(training.spec, "grad_at", None)
+        if not at:
+            return None
+        parts = {p.strip() for p in str(at).split(",") if p.strip()}
+        return cls(training, outcome, {int(p) for p in parts if p != "end"}, "end" in parts)
+
+    def due(self, step: int) -> bool:
+        return step in self.steps
+
+    def measure(self, step: int) -> None:
+        from harness.runs.gradients import measure_gradients
+
+        t = self.training
+        self.outcome.gradients += measure_gradients(t.model, t.task, t.spec, t.device, step)
+        self.done.add(step)
+
+    def finish(self, last_step: int) -> None:
+        """Measure at the last step taken when asked for the end, or for steps training never reached."""
+        missing = {s for s in self.steps if s > last_step}
+        if (self.at_end or missing) and last_step not in self.done:
+            self.measure(last_step)

@@ -1,0 +1,240 @@
+"""One function per ``harness`` subcommand; each returns the exit status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from harness.errors import HarnessError
+from harness.runs import settings as S
+
+
+# --------------------------------------------------------------------------------------------
+# Listings
+
+
+def listing(args: argparse.Namespace) -> int:
+    from harness.registry.loader import get_state
+
+    state = get_state()
+    if args.command == "plugins":
+        records = [p.as_dict() for p in state.plugins]
+        if args.json:
+            print(json.dumps(records, indent=2))
+            return 0
+        rows = [(p["name"], p["source"], f"{p['distribution'] or '-'} {p['version'] or ''}".strip(),
+                 ", ".join(p["hooks"]) or "-", p["status"] if not p["error"] else f"failed: {p['error']}")
+                for p in records]
+        print_table(("plugin", "source", "distribution", "hooks", "status"), rows)
+        return 0
+    registry = state.models if args.command == "models" else state.tasks
+    infos = {p.name: p for p in state.plugins}
+    records = [{"name": e.name, "aliases": list(e.aliases), "plugin": e.plugin,
+                "distribution": infos[e.plugin].distribution, "version": infos[e.plugin].version,
+                "target": e.target_name, "description": e.description, "defaults": e.defaults,
+                "default_sweep": e.default_sweep} for e in registry.ordered()]
+    if args.json:
+        for record, entry in zip(records, registry.ordered()):
+            record["options"], record["accepts_any_option"], record["error"] = _options(entry)
+        print(json.dumps(records, indent=2, default=repr))
+        return 0
+    rows = [(r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else ""), r["plugin"],
+             f"{r['distribution'] or '-'} {r['version'] or ''}".strip(), r["description"]) for r in records]
+    print_table((registry.kind, "plugin", "distribution", "description"), rows)
+    return 0
+
+
+def _options(entry: Any) -> tuple[dict[str, Any] | None, bool, str | None]:
+    from harness.runs.options import builder_options
+
+    try:
+        options, open_ended = builder_options(entry, static=True)
+        return options, open_ended, None
+    except Exception as exc:  # a broken lazy target: listed, with the reason
+        return None, False, f"{type(exc).__name__}: {exc}"
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    for i, row in enumerate([header, *rows]):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps: run, horizon, gradients
+
+
+def sweep_config(args: argparse.Namespace, roles: tuple[str, ...]) -> Any:
+    """Settings from defaults < --config FILE < the command line, checked."""
+    from harness.runs.config import SweepConfig, load_config_file
+    from harness.runs.options import parse_items
+
+    raw: dict[str, Any] = load_config_file(args.config, roles) if args.config else {}
+    raw.update(S.values_from_args(args, roles))
+    raw["model_options"] = parse_items(args.model_opt, "--model-opt", raw.get("model_options"))
+    raw["task_options"] = parse_items(args.task_opt, "--task-opt", raw.get("task_options"))
+    return SweepConfig.from_raw(raw, roles)
+
+
+def _announce(plan: Any, what: str) -> None:
+    axes = f" × axes {', '.join(plan.axes)}" if plan.axes else ""
+    where = "in this process" if plan.workers == 0 else f"{plan.workers} worker(s)"
+    print(f"harness: {what} ({len(plan.models)} model(s) × {sum(len(v) for v in plan.lengths.values())} task "
+          f"lengths × {len(plan.config.seeds)} seeds{axes}) on {plan.device}, {where} → {plan.out}", file=sys.stderr)
+
+
+def _finish(outcome: Any, out: Path) -> int:
+    if outcome.interrupted is not None:
+        name = outcome.interrupted.args[0]
+        print(f"harness: stopped by {name}; {len(outcome.store.rows)} finished trials are saved in {out}. "
+              f"Run the same command with --out {out} to resume.", file=sys.stderr)
+        return outcome.interrupted.exit_code
+    if outcome.failed:
+        print(f"harness: {len(outcome.failed)} trial(s) failed: {'; '.join(outcome.failed)} "
+              f"(details in {out / 'results.csv'}, column 'error')", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.runs.allocator import tune_malloc
+
+    tune_malloc()  # before torch allocates anything
+    from harness.analysis.summary import print_summary
+    from harness.runs.plan import plan_sweep
+    from harness.runs.sweep import open_run_folder, run_sweep
+
+    plan = plan_sweep(sweep_config(args, (S.GRID, S.TRIAL, S.RUN)))
+    with open_run_folder(plan) as folder:
+        _announce(plan, f"{len(plan.specs)} trials")
+        outcome = run_sweep(plan, folder, progress=not args.quiet)
+    print_summary(plan.out)
+    if not args.no_plot and outcome.ran:
+        draw_figures(plan.out)
+    return _finish(outcome, plan.out)
+
+
+def horizon(args: argparse.Namespace) -> int:
+    from harness.runs.allocator import tune_malloc
+
+    tune_malloc()
+    from harness.runs.horizon import run_horizon
+
+    config = sweep_config(args, (S.GRID, S.TRIAL, S.RUN, S.SEARCH))
+    outcome, out = run_horizon(config, progress=not args.quiet, announce=_announce)
+    if not args.no_plot and outcome.ran:
+        draw_figures(out)
+    return _finish(outcome, out)
+
+
+def gradients(args: argparse.Namespace) -> int:
+    from harness.runs.allocator import tune_malloc
+
+    tune_malloc()
+    from harness.analysis.gradient_report import gradient_summary, format_gradient_summary
+    from harness.runs.plan import plan_sweep
+    from harness.runs.sweep import GRADIENT_FILE, open_run_folder, run_sweep
+
+    plan = plan_sweep(sweep_config(args, (S.GRID, S.TRIAL, S.RUN)))
+    with open_run_folder(plan) as folder:
+        _announce(plan, f"{len(plan.specs)} trials, gradients at steps {args.grad_at}")
+        outcome = run_sweep(plan, folder, progress=not args.quiet)
+    if (plan.out / GRADIENT_FILE).exists():
+        print(format_gradient_summary(gradient_summary([plan.out]), "markdown"))
+    if not args.no_plot and outcome.ran:
+        draw_figures(plan.out)
+    return _finish(outcome, plan.out)
+
+
+def draw_figures(out: Path) -> None:
+    """Draw the run's figures; a plotting failure is only a warning (it must never cost results)."""
+    try:
+        from harness.analysis.plotting import plot_runs
+
+        paths = plot_runs([out], formats=("png",))
+    except Exception as exc:
+        print(f"harness: warning: could not draw the figures: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return
+    for path in paths:
+        print(f"figure: {path}")
+
+
+# --------------------------------------------------------------------------------------------
+# Analysis: plot, report
+
+
+def _existing_run_dir(text: str) -> Path:
+    path = Path(text)
+    if not any((path / name).is_file() for name in ("results.csv", "gradients.csv")):
+        raise HarnessError(f"{path} is not a run folder (no results.csv)")
+    return path
+
+
+def plot(args: argparse.Namespace) -> int:
+    from harness.analysis.plotting import plot_runs
+
+    curves_for = None
+    if args.curves:
+        model, sep, task = args.curves.partition(":")
+        if not sep or not model or not task:
+            raise HarnessError(f"--curves '{args.curves}': expected MODEL:TASK")
+        curves_for = (model, task)
+    dirs = [_existing_run_dir(d) for d in args.run_dirs]
+    paths = plot_runs(dirs, out_dir=Path(args.out) if args.out else None, formats=tuple(args.formats or ("png",)),
+                      curves_for=curves_for, select=args.select, facet=args.facet, criterion=args.criterion)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from harness.analysis.report import full_report
+
+    dirs = [_existing_run_dir(d) for d in args.run_dirs]
+    print(full_report(dirs, fmt=args.format, select=args.select or "all", criterion=args.criterion,
+                      threshold=args.threshold))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# bench
+
+
+def bench(args: argparse.Namespace) -> int:
+    from harness.runs.allocator import tune_malloc
+
+    tune_malloc()  # before torch allocates anything, as 'harness run' does
+    from harness.registry.loader import get_state
+    from harness.runs.bench import BenchConfig, format_report, run_bench
+    from harness.runs.environment import available_cores, resolve_device
+
+    registry = get_state().models
+    if args.models:
+        names = [registry.get(n.strip()).name for n in args.models.split(",") if n.strip()]
+        if not names:
+            raise HarnessError("--models: empty list")
+    else:
+        names = [e.name for e in registry.ordered()]
+    reference = registry.reference()
+    if reference is not None and reference.name not in names:
+        names.insert(0, reference.name)  # the model the ratios are taken to
+    names = list(dict.fromkeys(names))
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--hidden-size", args.hidden_size, 1),
+                               ("--input-size", args.input_size, 1), ("--repeats", args.repeats, 1),
+                               ("--warmup", args.warmup, 0), ("--threads", args.threads or 1, 1)):
+        if value < least:
+            raise HarnessError(f"{flag}: {value} is less than {least}")
+    config = BenchConfig(models=tuple(names), lengths=tuple(S.length_list(args.lengths, "--lengths")),
+                         batch_size=args.batch_size, hidden_size=args.hidden_size, input_size=args.input_size,
+                         device=resolve_device(args.device), repeats=args.repeats, warmup=args.warmup,
+                         threads=args.threads or available_cores(), memory=not args.no_memory,
+                         reference=reference.name if reference else None)
+    progress = None if args.quiet or args.json else (lambda line: print(f"bench: {line}", file=sys.stderr))
+    result = run_bench(config, progress)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 1 if any(row["error"] for row in result["results"]) else 0

@@ -1,0 +1,118 @@
+"""Gradient flow: how strongly the loss at the scored position depends on inputs d steps earlier.
+
+For a batch of the task's own sequences (a seed stream of its own), we compute the loss at the
+scored position(s), backpropagate it, and record ‖∂L/∂x_t‖ (the norm over input features, for the
+loss of one sequence, averaged over the batch) against the distance d = τ − t from the scored
+position τ (the last step for tasks read at the end; the last scored step for tasks scored at
+several positions). For a linear recurrence h_t = a h_{t−1} + x_t this is |a|^d times its value
+at d = 0, so the slope of log-norm against d, the *decay rate*, is log|a| per step.
+
+The measurement runs on a float64 copy of the model, so that norms far below float32's range
+(1e-38) are still exact; the model being trained is not touched. Models built on
+:class:`harness.cells.CellLoop` expose their hidden states, so ‖∂L/∂h_t‖ is recorded too.
+For a bidirectional model the input gradient sums both directions: the backward direction reads
+early inputs at distance 0 from its final state, so its curve does not fall with d (docs/gradients.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+
+from harness.model_api import TaskModel
+from harness.runs.seeding import GRADIENT_DATA, derive_seed
+from harness.task_api import Batch, Task
+
+GRADIENT_BATCH = 256
+STATS_BATCH = 64
+NOISE_FLOOR = 1e-200  # relative norms below this are not fitted (float64 underflows at 1e-308)
+
+
+def gradient_batch(task: Task, seed: int, device: torch.device, size: int) -> Batch:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(derive_seed(seed, GRADIENT_DATA))
+    return task.sample(size, generator)
+
+
+def scored_position(task: Task, batch: Batch) -> int:
+    """τ: the last step for tasks read at the end, else the last position any sequence is scored at."""
+    if task.readout == "last" or batch.mask is None:
+        return batch.inputs.shape[1] - 1
+    return int(torch.nonzero(batch.mask.any(0)).max())
+
+
+def input_gradients(model: TaskModel, task: Task, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per position, the batch mean of ‖∂L_b/∂x_t‖ (and of ‖∂L_b/∂h_t‖ when the model exposes h_t),
+    in float64, with L_b the loss of one sequence at its scored positions."""
+    measured = copy.deepcopy(model).double().eval()
+    core = measured.core
+    keeps = hasattr(core, "keep_states")
+    if keeps:
+        core.keep_states = True
+    targets = batch.targets.double() if batch.targets.is_floating_point() else batch.targets
+    double_batch = Batch(batch.inputs.double().requires_grad_(True), targets, batch.mask)
+    with torch.enable_grad():
+        outputs = measured(double_batch.inputs)
+        loss = task.loss(outputs, double_batch) * len(batch)  # per-sequence losses, summed
+        (grad_outputs,) = torch.autograd.grad(loss, outputs, retain_graph=True)
+        if batch.mask is not None and task.readout == "sequence":
+            grad_outputs = grad_outputs * batch.mask.unsqueeze(-1).to(grad_outputs.dtype)
+        states = list(getattr(core, "states", None) or []) if keeps else []
+        wrt = [double_batch.inputs, *states]
+        grads = torch.autograd.grad(outputs, wrt, grad_outputs=grad_outputs, allow_unused=True)
+    input_norms = grads[0].norm(dim=-1).mean(0)
+    state_norms = None
+    if states:
+        state_norms = torch.stack([g.norm(dim=-1).mean(0) if g is not None else torch.zeros((), dtype=torch.float64)
+                                   for g in grads[1:]])
+    if keeps:
+        core.keep_states = False
+        core.states = None
+    return input_norms.detach(), None if state_norms is None else state_norms.detach()
+
+
+def measure_gradients(model: TaskModel, task: Task, spec: Any, device: torch.device, step: int) -> list[dict[str, Any]]:
+    """``gradients.csv`` rows of one trial at one training step: one per distance 0..τ."""
+    batch = gradient_batch(task, spec.seed, device, GRADIENT_BATCH)
+    tau = scored_position(task, batch)
+    norms, states = input_gradients(model, task, batch)
+    reference = float(norms[tau])
+    rows = []
+    for distance in range(tau + 1):
+        t = tau - distance
+        value = float(norms[t])
+        rows.append({"model": spec.model, "task": spec.task, "length": spec.length, "seed": spec.seed,
+                     "config_id": spec.config_id, "step": step, "distance": distance, "grad_norm": value,
+                     "rel_norm": value / reference if reference > 0 else math.nan,
+                     "state_grad_norm": float(states[t]) if states is not None else None,
+                     "direction": "both" if getattr(model.core, "bidirectional", False) else "forward"})
+    return rows
+
+
+def decay_rate(distances: list[float], rel_norms: list[float]) -> float:
+    """Least-squares slope of log(relative norm) against distance, over d ≥ 1 above the noise floor."""
+    points = [(d, math.log(r)) for d, r in zip(distances, rel_norms)
+              if d >= 1 and math.isfinite(r) and r > NOISE_FLOOR]
+    if len(points) < 2:
+        return math.nan
+    n = len(points)
+    mean_d = sum(p[0] for p in points) / n
+    mean_y = sum(p[1] for p in points) / n
+    spread = sum((p[0] - mean_d) ** 2 for p in points)
+    return sum((p[0] - mean_d) * (p[1] - mean_y) for p in points) / spread if spread else math.nan
+
+
+def gradient_stats(model: TaskModel, task: Task, spec: Any, device: torch.device) -> dict[str, float]:
+    """The ``curves.csv`` columns of ``--grad-stats``: the norm at the largest distance over the
+    norm at distance 1, and the decay rate (on a smaller batch than ``harness gradients``)."""
+    batch = gradient_batch(task, spec.seed, device, STATS_BATCH)
+    tau = scored_position(task, batch)
+    norms, _ = input_gradients(model, task, batch)
+    by_distance = [float(norms[tau - d]) for d in range(tau + 1)]
+    reference = by_distance[0] if by_distance[0] > 0 else math.nan
+    rel = [v / reference for v in by_distance]
+    ratio = by_distance[-1] / by_distance[1] if len(by_distance) > 1 and by_distance[1] > 0 else math.nan
+    return {"grad_ratio": ratio, "grad_decay": decay_rate(list(range(len(rel))), rel)}

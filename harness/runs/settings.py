@@ -1,0 +1,414 @@
+"""Every setting of a sweep, declared once.
+
+Each :class:`Setting` says its name, how a value is parsed and checked, its default, its help and
+its role. Everything else is derived from the list below: the command-line options of
+``harness run``/``horizon``/``gradients`` (:func:`add_arguments`), the TOML keys of ``--config``
+(:func:`check_keys`), the trial spec (:class:`harness.runs.spec.TrialSpec` holds the trial
+settings by name), the resume comparison and a trial's identity (:func:`identity_settings`) and
+the columns of ``results.csv`` (:func:`result_columns`). Adding a setting is one entry here;
+``tests/test_settings.py`` proves that every layer sees it.
+
+Roles:
+
+* ``grid``: what a sweep covers (models, tasks, lengths, seeds);
+* ``trial``: how one trial trains. Recorded in every result row; part of the trial's identity
+  (unless ``identity=False``, for settings that change what is measured but not the numbers);
+  with ``axis=True`` a list of values makes an axis of the sweep (``--lr 1e-3,1e-2``);
+* ``run``: how the sweep executes (workers, executor, output folder): never changes a number;
+* ``search``: the adaptive length search of ``harness horizon``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+from harness.errors import HarnessError
+
+GRID, TRIAL, RUN, SEARCH = "grid", "trial", "run", "search"
+
+
+# --------------------------------------------------------------------------------------------
+# Parsers: one raw value (from TOML or command-line text) to a checked value, or a one-line error
+
+
+def _number(value: Any, what: str, kind: type) -> float | int:
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text) if kind is int else float(text)
+        except ValueError:
+            raise HarnessError(f"{what}: '{text}' is not {'an integer' if kind is int else 'a number'}") from None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise HarnessError(f"{what}: expected {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise HarnessError(f"{what}: {value!r} is not a finite number")
+    if kind is int:
+        if not float(value).is_integer():
+            raise HarnessError(f"{what}: {value!r} is not an integer")
+        return int(value)
+    return float(value)
+
+
+def positive_int(value: Any, what: str) -> int:
+    number = int(_number(value, what, int))
+    if number <= 0:
+        raise HarnessError(f"{what}: {number} is not a positive integer")
+    return number
+
+
+def non_negative_int(value: Any, what: str) -> int:
+    number = int(_number(value, what, int))
+    if number < 0:
+        raise HarnessError(f"{what}: {number} is negative")
+    return number
+
+
+def positive_float(value: Any, what: str) -> float:
+    number = float(_number(value, what, float))
+    if number <= 0:
+        raise HarnessError(f"{what}: {number!r} is not a positive number")
+    return number
+
+
+def fraction(value: Any, what: str) -> float:
+    number = float(_number(value, what, float))
+    if not 0.0 < number <= 1.0:
+        raise HarnessError(f"{what}: {number!r} is not in (0, 1]")
+    return number
+
+
+def ratio_above_one(value: Any, what: str) -> float:
+    number = float(_number(value, what, float))
+    if number <= 1.0:
+        raise HarnessError(f"{what}: {number!r} must be greater than 1")
+    return number
+
+
+def text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise HarnessError(f"{what}: expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def flag(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise HarnessError(f"{what}: expected true or false, got {value!r}")
+
+
+def workers(value: Any, what: str) -> int | str:
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    return non_negative_int(value, what)
+
+
+def executor(value: Any, what: str) -> str:
+    name = text(value, what).lower()
+    if name not in ("local", "ray"):
+        raise HarnessError(f"{what}: unknown executor '{name}'; choose local or ray")
+    return name
+
+
+def step_list(value: Any, what: str) -> str:
+    """Training steps as canonical text, e.g. ``0,200,end`` (0: initialisation; end: the last step)."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    steps, end = set(), False
+    for item in items:
+        if isinstance(item, str) and item.strip().lower() == "end":
+            end = True
+        elif not (isinstance(item, str) and not item.strip()):
+            steps.add(non_negative_int(item, what))
+    if not steps and not end:
+        raise HarnessError(f"{what}: expected steps such as 0,200,end")
+    return ",".join([str(s) for s in sorted(steps)] + (["end"] if end else []))
+
+
+def name_list(value: Any, what: str) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise HarnessError(f"{what}: expected a comma list of names, got {value!r}")
+    names = []
+    for item in items:
+        if not isinstance(item, str):
+            raise HarnessError(f"{what}: expected names, got {item!r}")
+        if item.strip():
+            names.append(item.strip())
+    if not names:
+        raise HarnessError(f"{what}: empty list")
+    return list(dict.fromkeys(names))
+
+
+def length_list(value: Any, what: str) -> list[int]:
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, numbers.Integral) and not isinstance(items, bool):
+        items = [items]
+    if not isinstance(items, (list, tuple)):
+        raise HarnessError(f"{what}: expected a list of positive integers, got {value!r}")
+    lengths = [positive_int(item, what) for item in items if not (isinstance(item, str) and not item.strip())]
+    if not lengths:
+        raise HarnessError(f"{what}: empty list")
+    return sorted(set(lengths))
+
+
+def seed_list(value: Any, what: str) -> list[int]:
+    """A count N means seeds 0..N-1; a list (or comma text) lists the seeds themselves."""
+    if isinstance(value, str) and "," not in value:
+        value = positive_int(value, f"{what} (a count N, or a comma list of seeds)")
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return list(range(positive_int(value, what)))
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise HarnessError(f"{what}: expected a count or a list of integers, got {value!r}")
+    seeds = [non_negative_int(item, what) for item in items if not (isinstance(item, str) and not item.strip())]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise HarnessError(f"{what}: expected distinct non-negative integers, got {value!r}")
+    return seeds
+
+
+Parser = Callable[[Any, str], Any]
+
+
+# --------------------------------------------------------------------------------------------
+# The declaration
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its parser, default, help and role; CLI flag, TOML key and column derive from it."""
+
+    name: str
+    parse: Parser
+    default: Any
+    help: str
+    role: str
+    metavar: str = "X"
+    axis: bool = False       # a list of values is an axis of the sweep
+    per_task: bool = False   # may be a table TASK -> value(s)
+    identity: bool = True    # (trial settings) part of a trial's identity and the resume check
+    flag: str = ""           # command-line flag; default --name-with-dashes
+    key: str = ""            # TOML key; default the name
+    column: str = ""         # results.csv column (trial settings); default the name
+    boolean: bool = False    # a command-line switch without a value
+    aliases: tuple[str, ...] = ()  # other command-line flags for the same option
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def toml_key(self) -> str:
+        return self.key or self.name
+
+    @property
+    def column_name(self) -> str:
+        return self.column or self.name
+
+    def values(self, raw: Any, what: str | None = None) -> Any:
+        """Parse a raw value: a list of values for an axis setting, a table for a per-task one."""
+        what = what or self.toml_key
+        if self.per_task and _is_table(raw):
+            table = _as_table(raw, what)
+            if not table:
+                raise HarnessError(f"{what}: empty table")
+            return {task: self._one_or_axis(value, f"{what}.{task}") for task, value in table.items()}
+        return self._one_or_axis(raw, what)
+
+    def _one_or_axis(self, raw: Any, what: str) -> Any:
+        if not self.axis:
+            return self.parse(raw, what)
+        items = _split_axis(raw)
+        values = [self.parse(item, what) for item in items]
+        if not values:
+            raise HarnessError(f"{what}: empty list")
+        return list(dict.fromkeys(values))
+
+    def default_text(self) -> str:
+        if self.default is None:
+            return {"max_steps": "each task's own budget", "lengths": "each task's own sweep",
+                    "models": "the models registered for the default sweep",
+                    "tasks": "the tasks registered for the default sweep"}.get(self.name, "none")
+        if isinstance(self.default, bool):
+            return "on" if self.default else "off"
+        return str(self.default)
+
+
+def _is_table(raw: Any) -> bool:
+    return isinstance(raw, dict) or (isinstance(raw, str) and "=" in raw)
+
+
+def _as_table(raw: Any, what: str) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return dict(raw)
+    table: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        task, sep, value = part.partition("=")
+        if not sep or not task.strip() or not value.strip():
+            raise HarnessError(f"{what}: '{part}' is not TASK=VALUE (expected e.g. recall=1000,adding=3000)")
+        table[task.strip()] = value.strip()
+    return table
+
+
+def _split_axis(raw: Any) -> list[Any]:
+    if isinstance(raw, (list, tuple)):
+        return list(raw)
+    if isinstance(raw, str):
+        return [part for part in (p.strip() for p in raw.split(",")) if part]
+    return [raw]
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # -- the grid ---------------------------------------------------------------------------------
+    Setting("models", name_list, None, "comma list of models", GRID, metavar="LIST"),
+    Setting("tasks", name_list, None, "comma list of tasks", GRID, metavar="LIST", aliases=("--task",)),
+    Setting("lengths", length_list, None, "comma list of dependency lengths T (a config file may "
+            "give a table with one list per task)", GRID, metavar="LIST", per_task=True, aliases=("--length",)),
+    Setting("seeds", seed_list, 2, "a count N (seeds 0..N-1) or a comma list", GRID, metavar="N|LIST"),
+    # -- how each trial trains --------------------------------------------------------------------
+    Setting("max_steps", positive_int, None, "training budget in steps (training stops early once "
+            "solved); one value, a list (an axis), or per task: recall=1000,adding=3000", TRIAL,
+            metavar="N|TASK=N,...", axis=True, per_task=True, flag="--steps", key="steps"),
+    Setting("batch_size", positive_int, 64, "training batch size", TRIAL, metavar="N", axis=True),
+    Setting("hidden_size", positive_int, 128, "hidden units H (ignored with --params)", TRIAL,
+            metavar="N", axis=True),
+    Setting("params", positive_int, None, "choose each model's H so that its parameter count "
+            "(recurrent core and head) is closest to N", TRIAL, metavar="N", axis=True,
+            column="params_target"),
+    Setting("lr", positive_float, 1e-3, "Adam learning rate", TRIAL, axis=True),
+    Setting("clip", positive_float, 1.0, "gradient-norm clipping, after backward() and before the step",
+            TRIAL, axis=True),
+    Setting("eval_every", positive_int, 100, "evaluate every N steps", TRIAL, metavar="N", axis=True),
+    Setting("eval_size", positive_int, 512, "sequences in each of the validation and test sets",
+            TRIAL, metavar="N", axis=True),
+    Setting("threshold", fraction, 0.99, "validation score that counts as solved; training stops there",
+            TRIAL, axis=True),
+    Setting("device", text, "auto", "auto|cpu|cuda[:N]|mps", TRIAL, metavar="DEV"),
+    Setting("grad_at", step_list, None, "measure gradient flow at these training steps (0: at "
+            "initialisation; end: the last step) into gradients.csv", TRIAL, metavar="STEPS"),
+    Setting("grad_stats", flag, False, "also measure gradient flow (norm ratio, decay rate) at every "
+            "evaluation, into curves.csv", TRIAL, identity=False, boolean=True),
+    # -- how the sweep executes -------------------------------------------------------------------
+    Setting("workers", workers, "auto", "parallel trial processes (auto: one single-threaded worker "
+            "per core on CPU, one on a GPU; 0: in this process, without isolation)", RUN, metavar="N|auto"),
+    Setting("threads", positive_int, None, "torch threads per worker (default: cores // workers)", RUN,
+            metavar="N"),
+    Setting("trial_timeout", positive_float, None, "a trial still running after this many seconds is "
+            "stopped and recorded as an error", RUN, metavar="SECONDS"),
+    Setting("executor", executor, "local", "local (a pool of processes on this machine) or ray", RUN,
+            metavar="NAME"),
+    Setting("ray_address", text, None, "with --executor ray: a cluster address, or auto to join the "
+            "running one (default: start a local Ray instance)", RUN, metavar="ADDRESS"),
+    Setting("gpus_per_trial", positive_float, None, "with --executor ray: GPUs each trial requests "
+            "(default: 1 with --device cuda, else 0)", RUN, metavar="X"),
+    Setting("out", text, None, "output folder (default: results/run-DATE-TIME); reuse it to resume", RUN,
+            metavar="DIR"),
+    # -- the adaptive length search (harness horizon) --------------------------------------------
+    Setting("min_length", positive_int, 5, "first length tried", SEARCH, metavar="T"),
+    Setting("max_length", positive_int, 1000, "longest length tried", SEARCH, metavar="T"),
+    Setting("growth", ratio_above_one, 2.0, "factor by which T grows until the first failure", SEARCH),
+    Setting("resolution", ratio_above_one, 1.25, "bisect (in log T) until first failure / horizon "
+            "is at most this ratio", SEARCH),
+    Setting("criterion", text, "default", "what counts as remembering: default (each task's own), "
+            "solved, normalised[:LEVEL], loss[:FRACTION]", SEARCH, metavar="NAME"),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+OPTION_TABLES = ("model_options", "task_options")  # --model-opt / --task-opt, see harness.runs.options
+
+
+def by_role(*roles: str) -> list[Setting]:
+    return [s for s in SETTINGS if s.role in roles]
+
+
+def trial_settings() -> list[Setting]:
+    return by_role(TRIAL)
+
+
+def identity_settings() -> list[Setting]:
+    """The trial settings that determine a trial's numbers: its identity and the resume check."""
+    return [s for s in SETTINGS if s.role == TRIAL and s.identity]
+
+
+def axis_settings() -> list[Setting]:
+    return [s for s in SETTINGS if s.axis]
+
+
+def result_columns() -> list[str]:
+    """The ``results.csv`` column of every trial setting, in declaration order."""
+    return [s.column_name for s in trial_settings()]
+
+
+def toml_keys(roles: Sequence[str]) -> dict[str, Setting]:
+    return {s.toml_key: s for s in by_role(*roles)}
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser, roles: Sequence[str], skip: Iterable[str] = ()) -> None:
+    """Add one option per setting of ``roles`` (values stay text; :func:`normalise` parses them)."""
+    skipped = set(skip)
+    for setting in by_role(*roles):
+        if setting.name in skipped:
+            continue
+        help_text = f"{setting.help} (default: {setting.default_text()})"
+        if setting.boolean:
+            parser.add_argument(setting.cli_flag, dest=setting.name, action="store_true", default=None,
+                                help=help_text)
+            continue
+        parser.add_argument(setting.cli_flag, *setting.aliases, dest=setting.name, metavar=setting.metavar, default=None, help=help_text)
+
+
+def values_from_args(args: argparse.Namespace, roles: Sequence[str]) -> dict[str, Any]:
+    """The settings given on the command line, keyed by TOML key (unset options are left out)."""
+    values = {}
+    for setting in by_role(*roles):
+        value = getattr(args, setting.name, None)
+        if value is not None:
+            values[setting.toml_key] = value
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# Checking and normalising raw values (file < command line), as one dict keyed by setting name
+
+
+def check_keys(raw: dict[str, Any], roles: Sequence[str], source: str) -> None:
+    """Unknown keys are a one-line error listing the known ones."""
+    known = set(toml_keys(roles)) | set(OPTION_TABLES)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise HarnessError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+
+
+def normalise(raw: dict[str, Any], roles: Sequence[str]) -> dict[str, Any]:
+    """Parse every setting of ``roles`` from ``raw`` (keyed by TOML key), filling in defaults.
+
+    Axis settings become lists, per-task settings may stay tables; the option tables are copied.
+    """
+    check_keys(raw, roles, "settings")
+    values: dict[str, Any] = {}
+    for setting in by_role(*roles):
+        if setting.toml_key in raw and raw[setting.toml_key] is not None:
+            values[setting.name] = setting.values(raw[setting.toml_key])
+        elif setting.default is None:
+            values[setting.name] = [None] if setting.axis else None
+        else:
+            values[setting.name] = setting.values(setting.default)
+    for table in OPTION_TABLES:
+        options = raw.get(table, {})
+        if not isinstance(options, dict):
+            raise HarnessError(f"{table}: expected a table of options")
+        values[table] = options
+    if values.get("params", [None]) != [None] and "hidden_size" in raw:
+        raise HarnessError("hidden_size and params cannot both be given: --params chooses H for each model")
+    return values
