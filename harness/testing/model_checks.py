@@ -8,9 +8,10 @@ the context, which asserts exactly that, with the message the "build" check woul
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import numbers
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Any
@@ -319,10 +320,29 @@ def check_device(ctx: ModelContext, target: str) -> None:
     module, reference = ctx.reference
     x = ctx.inputs(ctx.batch_size, ctx.length)
     on_device = copy.deepcopy(module).to(target)
-    with torch.no_grad():
+    with torch.no_grad(), _full_float32():
         dev_out = ctx.forward(on_device, x.to(target), f"on {target}")
     if not all(torch.allclose(a, b.cpu(), atol=1e-4, rtol=0) for a, b in zip(reference, dev_out)):
         fail(ctx.label, f"outputs on {target} differ from the CPU outputs by more than 1e-4")
+
+
+@contextlib.contextmanager
+def _full_float32() -> Iterator[None]:
+    """No TF32 in CUDA matmuls and cuDNN kernels for the duration.
+
+    cuDNN uses TF32 by default on Ampere and later GPUs; it keeps 10 mantissa bits, so every
+    torch.nn recurrent module differs from the CPU by more than the 1e-4 the device check allows.
+    The check asks whether the model computes the same function there, not at which precision.
+    """
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    saved = [flag.allow_tf32 for flag in flags]
+    try:
+        for flag in flags:
+            flag.allow_tf32 = False
+        yield
+    finally:
+        for flag, value in zip(flags, saved):
+            flag.allow_tf32 = value
 
 
 def _available(target: str) -> bool:
