@@ -1,13 +1,12 @@
 """The MGU against a float64 step-by-step reference written from the paper's equations, and the
-harness model contract (``harness.testing.check_model``)."""
+harness model contract (``harness.testing``: one test item per check)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
-
-from harness.testing import check_model
 from harness_mgu.mgu import MGUCell, build_mgu
+
+from harness.testing import Subject, parametrize_with_checks
 
 IN, H, B, T = 3, 5, 4, 9
 
@@ -97,7 +96,7 @@ def test_gate_bias_and_parameter_count():
     torch.testing.assert_close((build_mgu(IN, H, gate_bias=2.0).cell.bias_ih[:H]).detach(), torch.full((H,), 2.0))
 
 
-@pytest.mark.parametrize("hidden", [1, 8])
-def test_model_contract(hidden):
-    checks = check_model(build_mgu, input_size=IN, hidden_size=hidden)
-    assert {"shapes", "gradients", "determinism", "batch independence", "dtype:float64"} <= set(checks)
+@parametrize_with_checks(models=[Subject(build_mgu, id=f"mgu-h{hidden}", input_size=IN, hidden_size=hidden)
+                                 for hidden in (1, 8)])
+def test_model_contract(subject, check):
+    check(subject)

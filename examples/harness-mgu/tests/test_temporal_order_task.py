@@ -1,5 +1,5 @@
 """The temporal-order task: its layout, its distributions, and the harness task contract
-(``harness.testing.check_task``)."""
+(``harness.testing``: one test item per check)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
+from harness_mgu.temporal_order import START, TRIGGER, TemporalOrder, X, Y
 
 from harness.registry.loader import load_plugins
-from harness.testing import check_task
-from harness_mgu.temporal_order import START, TRIGGER, X, Y, TemporalOrder
+from harness.testing import Subject, parametrize_with_checks
 
 BIG = 8000
 
@@ -82,10 +82,10 @@ def test_chance_and_memoryless_numbers():
     assert float(task.score(perfect, batch)) == 1.0
 
 
-@pytest.mark.parametrize("length", [2, 10, 100])
-def test_task_contract(length):
-    checks = check_task(TemporalOrder, length=length, samples=4096)
-    assert "memoryless and chance" in checks and "seeding" in checks
+@parametrize_with_checks(tasks=[Subject(TemporalOrder, id=f"temporal_order-T{length}", length=length, samples=4096)
+                                for length in (2, 10, 100)])
+def test_task_contract(subject, check):
+    check(subject)
 
 
 def test_plugin_registers_lazily():
