@@ -1,26 +1,35 @@
-"""rnn, lstm, gru and bilstm on the fused ``torch.nn`` recurrent modules."""
+"""rnn, lstm, gru and bilstm on the fused ``torch.nn`` recurrent modules (docs/models.md)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from harness.plugins.initialisation import check_init, set_gate_biases
+
 _MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+#: Gate blocks in torch.nn's layout: LSTM i, f, g, o; GRU r, z, n (z plays the forget role).
+_GATES = {"lstm": {"input": 0, "forget": 1}, "gru": {"update": 1}}
 
 
 class FusedRecurrent(nn.Module):
     """A fused torch.nn RNN/LSTM/GRU (optionally bidirectional) behind the harness model contract."""
 
     def __init__(self, kind: str, input_size: int, hidden_size: int = 128, num_layers: int = 1,
-                 bidirectional: bool = False, forget_bias: float | None = None) -> None:
+                 bidirectional: bool = False, forget_bias: float | None = None, init: str = "default",
+                 t_max: int | None = None) -> None:
         super().__init__()
         self.rnn = _MODULES[kind](input_size, hidden_size, num_layers=num_layers, batch_first=True,
                                   bidirectional=bidirectional)
         self.hidden_size = hidden_size
         self.bidirectional = bidirectional
         self.output_size = hidden_size * (2 if bidirectional else 1)
-        if forget_bias is not None:
-            set_lstm_forget_bias(self.rnn, forget_bias)
+        check_init(init)
+        if kind in _GATES and (init == "chrono" or forget_bias is not None):
+            for name, bias_ih in self.rnn.named_parameters():
+                if name.startswith("bias_ih"):
+                    bias_hh = getattr(self.rnn, name.replace("bias_ih", "bias_hh"))
+                    set_gate_biases(bias_ih, bias_hh, hidden_size, _GATES[kind], init, forget_bias or 0.0, t_max)
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, _ = self.rnn(inputs)
@@ -31,32 +40,25 @@ class FusedRecurrent(nn.Module):
         return features, torch.cat([features[:, -1, :hidden], features[:, 0, hidden:]], dim=-1)
 
 
-def set_lstm_forget_bias(lstm: nn.LSTM, value: float) -> None:
-    """Make the total forget-gate bias (b_if + b_hf) equal ``value`` in every layer and direction."""
-    hidden = lstm.hidden_size
-    forget = slice(hidden, 2 * hidden)  # gate order i, f, g, o
-    with torch.no_grad():
-        for name, param in lstm.named_parameters():
-            if name.startswith("bias_ih"):
-                param[forget] = value
-            elif name.startswith("bias_hh"):
-                param[forget] = 0.0
-
-
 def build_rnn(input_size: int, hidden_size: int = 128, num_layers: int = 1) -> FusedRecurrent:
     return FusedRecurrent("rnn", input_size, hidden_size, num_layers)
 
 
-def build_lstm(input_size: int, hidden_size: int = 128, num_layers: int = 1,
-               forget_bias: float = 1.0) -> FusedRecurrent:
-    return FusedRecurrent("lstm", input_size, hidden_size, num_layers, forget_bias=forget_bias)
+def build_lstm(input_size: int, hidden_size: int = 128, num_layers: int = 1, forget_bias: float = 1.0,
+               init: str = "default", chrono_max: int | None = None, length: int | None = None) -> FusedRecurrent:
+    """``init="chrono"`` sets the gate biases for dependencies up to ``chrono_max`` (default: the
+    trial's length T) and ignores ``forget_bias``."""
+    return FusedRecurrent("lstm", input_size, hidden_size, num_layers, forget_bias=forget_bias, init=init,
+                          t_max=chrono_max or length)
 
 
-def build_gru(input_size: int, hidden_size: int = 128, num_layers: int = 1) -> FusedRecurrent:
-    return FusedRecurrent("gru", input_size, hidden_size, num_layers)
+def build_gru(input_size: int, hidden_size: int = 128, num_layers: int = 1, init: str = "default",
+              chrono_max: int | None = None, length: int | None = None) -> FusedRecurrent:
+    """``init="default"`` keeps PyTorch's initialisation; ``chrono`` sets the update gate's bias."""
+    return FusedRecurrent("gru", input_size, hidden_size, num_layers, init=init, t_max=chrono_max or length)
 
 
-def build_bilstm(input_size: int, hidden_size: int = 128, num_layers: int = 1,
-                 forget_bias: float = 1.0) -> FusedRecurrent:
+def build_bilstm(input_size: int, hidden_size: int = 128, num_layers: int = 1, forget_bias: float = 1.0,
+                 init: str = "default", chrono_max: int | None = None, length: int | None = None) -> FusedRecurrent:
     return FusedRecurrent("lstm", input_size, hidden_size, num_layers, bidirectional=True,
-                          forget_bias=forget_bias)
+                          forget_bias=forget_bias, init=init, t_max=chrono_max or length)

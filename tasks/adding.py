@@ -1,9 +1,11 @@
-"""The adding problem (SPEC §2, definition of Arjovsky et al. 2016 / Le et al. 2015).
+"""The adding problem (Hochreiter & Schmidhuber 1997, experiment 4; the form of Le, Jaitly & Hinton
+2015 and Arjovsky, Shah & Bengio 2016; docs/tasks.md#adding).
 
 Two features per step: a value uniform in [0, 1] and a marker that is 1 at one position in
 [0, T/2) and one in [T/2, T) (for odd T the first half ends at index ceil(T/2) - 1, as the
 literal reading of the definition says). Target: the sum of the two marked values, read at the last step.
-Score: fraction of sequences with absolute error < 0.04.
+Score: fraction of sequences with absolute error < 0.04. Horizon criterion: loss at most a tenth of
+the memoryless loss 1/6; remembering only the later value gives 1/12, half of it, and does not pass.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class AddingProblem(Task):
     output_size = 1
     readout = "last"
     min_length = 2
+    horizon_criterion = "loss:0.1"
 
     @property
     def sequence_length(self) -> int:

@@ -1,4 +1,4 @@
-"""Built-in plugin: the three synthetic long-dependency tasks of SPEC §2."""
+"""Built-in plugin: the three synthetic long-dependency tasks (docs/tasks.md)."""
 
 from harness import hookimpl
 
@@ -10,4 +10,5 @@ def register_tasks(register):
     register("adding", "harness.tasks.adding:AddingProblem", default_sweep=True,
              description="Adding problem: sum the two marked values of a length-T sequence (Hochreiter 1997).")
     register("recall", "harness.tasks.recall:LongGapRecall",
-             description="Long-gap recall: name the key seen T distractors before the query (Hochreiter 1997).")
+             description="Long-gap recall: name the key seen T distractors before the query (Hochreiter 1997); "
+                         "key_position=middle puts it in the middle of 2T distractors.")

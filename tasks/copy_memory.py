@@ -1,4 +1,5 @@
-"""Copy memory (SPEC §2, definition of Arjovsky, Shah & Bengio 2016).
+"""Copy memory (Hochreiter & Schmidhuber 1997; the definition of Arjovsky, Shah & Bengio 2016;
+docs/tasks.md#copy).
 
 Symbols: 0 blank, 1-8 data, 9 delimiter, one-hot (10 input features). Outputs have 9 classes,
 0-8: the delimiter never appears in a target, so a tenth class would only add a logit that

@@ -1,12 +1,14 @@
-"""Correctness of the recurrent models (SPEC §3).
+"""Correctness of the recurrent models (docs/models.md).
 
 Every custom or wrapped model is checked against an independent float64 step-by-step reference
-written here directly from the SPEC equations, and the fused-module equivalences the SPEC demands
+written here directly from the equations of docs/models.md, and the fused-module equivalences it states
 (custom LSTM loop == torch.nn.LSTM, zero peepholes == no peepholes) are checked directly. A generic
 contract test runs over every model registered at test time, third-party plugins included.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -56,7 +58,7 @@ def _f64(t: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# float64 step-by-step references, written from the SPEC §3 equations
+# float64 step-by-step references, written from the equations of docs/models.md
 # --------------------------------------------------------------------------------------------
 
 def _split(t: torch.Tensor, n: int) -> list[torch.Tensor]:
@@ -348,7 +350,7 @@ def test_fused_model_matches_float64_reference(name, reference):
 
 
 def test_gru_reference_rejects_reset_before_product():
-    """The GRU reference is sensitive to where the reset gate is applied (SPEC: after W_hn h)."""
+    """The GRU reference is sensitive to where the reset gate is applied (ours: after W_hn h)."""
     torch.manual_seed(15)
     model = _build("gru", input_size=IN, hidden_size=H)
     _randomise_(model, seed=16, scale=0.8)
@@ -410,6 +412,67 @@ def test_cifg_input_gate_bias_is_minus_one():
     assert total[H:].std() > 0
     # so the effective initial forget value 1 - sigma(-1) equals sigma(1), as the LSTM's
     torch.testing.assert_close(1 - torch.sigmoid(total[:H]), torch.sigmoid(torch.ones(H)))
+
+
+# --------------------------------------------------------------------------------------------
+# chrono initialisation (Tallec & Ollivier 2018)
+# --------------------------------------------------------------------------------------------
+
+def _gate_totals(ih: torch.Tensor, hh: torch.Tensor, blocks: int) -> list[torch.Tensor]:
+    total = (ih + hh).detach()
+    return list(total.chunk(blocks))
+
+
+def _assert_log_uniform(values: torch.Tensor, t_max: int) -> None:
+    """values = log(u), u ~ U[1, t_max - 1]: within bounds, and u's mean and spread those of the uniform."""
+    u = values.exp()
+    assert (u >= 1 - 1e-6).all() and (u <= t_max - 1 + 1e-4).all()
+    width = t_max - 2
+    assert abs(u.mean().item() - (1 + width / 2)) < 4 * width / math.sqrt(12 * len(u))
+    assert abs(u.std().item() - width / math.sqrt(12)) < 0.15 * width / math.sqrt(12)
+
+
+@pytest.mark.parametrize("name", ["lstm", "bilstm"])
+def test_lstm_chrono_biases_follow_the_formula(name):
+    torch.manual_seed(21)
+    big = 2000
+    model = _build(name, input_size=IN, hidden_size=big, init="chrono", length=200)
+    for suffix in ("l0", "l0_reverse") if name == "bilstm" else ("l0",):
+        ih, hh = getattr(model.rnn, f"bias_ih_{suffix}"), getattr(model.rnn, f"bias_hh_{suffix}")
+        i, f, g, o = _gate_totals(ih, hh, 4)
+        _assert_log_uniform(f, 200)
+        torch.testing.assert_close(i, -f)               # input gate: minus the forget bias
+        assert g.abs().max() == 0 and o.abs().max() == 0  # every other bias 0
+        assert hh.abs().max() == 0                        # the value sits in bias_ih
+    # T_max comes from the trial's length unless chrono_max says otherwise
+    short = _build("lstm", input_size=IN, hidden_size=big, init="chrono", length=10)
+    assert short.rnn.bias_ih_l0[big:2 * big].exp().max() <= 9 + 1e-4
+    fixed = _build("lstm", input_size=IN, hidden_size=big, init="chrono", chrono_max=50, length=10)
+    _assert_log_uniform(fixed.rnn.bias_ih_l0[big:2 * big].detach(), 50)
+
+
+def test_gru_chrono_sets_the_update_gate():
+    torch.manual_seed(22)
+    model = _build("gru", input_size=IN, hidden_size=2000, init="chrono", length=100)
+    r, z, n = _gate_totals(model.rnn.bias_ih_l0, model.rnn.bias_hh_l0, 3)
+    _assert_log_uniform(z, 100)  # h_t = (1 - z) n + z h_{t-1}: z plays the forget role
+    assert r.abs().max() == 0 and n.abs().max() == 0
+
+
+def test_chrono_needs_a_length_and_rejects_unknown_inits():
+    with pytest.raises(ValueError, match="T_max"):
+        _build("lstm", input_size=IN, hidden_size=H, init="chrono")
+    with pytest.raises(ValueError, match="init must be one of"):
+        _build("lstm", input_size=IN, hidden_size=H, init="orthogonal")
+
+
+def test_the_trial_passes_its_length_to_chrono():
+    from harness.runs.spec import TrialSpec
+    from harness.runs.training import build_model, build_task
+
+    spec = TrialSpec.build("lstm", "recall", 30, 0, {"hidden_size": 500, "device": "cpu"}, {"init": "chrono"})
+    model = build_model(spec, build_task(spec))
+    assert model.core.rnn.bias_ih_l0[500:1000].exp().max() <= 29 + 1e-4
 
 
 # --------------------------------------------------------------------------------------------

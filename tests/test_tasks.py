@@ -1,4 +1,4 @@
-"""Correctness of the built-in tasks (SPEC §2): the data they generate, their randomness, and
+"""Correctness of the built-in tasks (docs/tasks.md): the data they generate, their randomness, and
 the loss / score / chance / memoryless numbers they report.
 
 Statistical checks use fixed seeds (deterministic) and bounds of several standard deviations, so
@@ -319,6 +319,44 @@ def test_recall_memoryless_loss_and_chance_score():
     perfect = F.one_hot(batch.targets, 8).float() * 20
     assert float(task.score(perfect, batch)) == 1.0
     assert float(task.loss(perfect, batch)) < 1e-6
+
+
+@pytest.mark.parametrize("length", [1, 4, 25])
+def test_recall_middle_key_layout(length):
+    """key_position=middle: T distractors, the key, T distractors, the query (length 2T + 2)."""
+    from harness.tasks.recall import LongGapRecall
+
+    task = LongGapRecall(length, key_position="middle")
+    assert task.sequence_length == 2 * length + 2 and not task.bidirectional_shortcut
+    batch = task.sample(1000, gen(30))
+    symbols = symbols_of(batch.inputs)
+    assert symbols.shape == (1000, 2 * length + 2)
+    key = symbols[:, length]
+    assert ((key >= 0) & (key <= 7)).all() and torch.equal(batch.targets, key)
+    distractors = torch.cat([symbols[:, :length], symbols[:, length + 1:-1]], 1)
+    assert distractors.shape[1] == 2 * length and ((distractors >= 8) & (distractors <= 15)).all()
+    assert (symbols[:, -1] == 16).all() and (symbols == 16).sum() == 1000
+    # forwards the key is T + 1 steps before the query, backwards T steps after the first position
+    assert (2 * length + 1) - length == length + 1
+
+
+def test_recall_middle_key_baselines_and_the_shortcut_flag():
+    from harness.tasks.recall import LongGapRecall
+
+    task = LongGapRecall(10, key_position="middle")
+    batch = task.sample(BIG, gen(31))
+    assert_uniform(batch.targets, 0, 8)
+    assert task.chance_score == pytest.approx(1 / 8) and task.memoryless_loss == pytest.approx(math.log(8))
+    assert float(task.loss(task.memoryless_outputs(batch), batch)) == pytest.approx(math.log(8), rel=1e-6)
+    assert LongGapRecall(10).bidirectional_shortcut  # the key at the start is at distance 0 backwards
+    with pytest.raises(HarnessError, match="key_position"):
+        LongGapRecall(10, key_position="end")
+
+
+def test_task_horizon_criteria():
+    assert make("adding", 10).horizon_criterion == "loss:0.1"
+    assert make("recall", 10).horizon_criterion == "normalised:0.9"
+    assert make("copy", 10).horizon_criterion == "normalised:0.9"
 
 
 # --------------------------------------------------------------------------------------------

@@ -140,10 +140,10 @@ def _chosen_block(rows: pd.DataFrame) -> list[str]:
     return ["", "chosen on validation:", "", *_markdown_table(["model", *(f"T={n}" for n in lengths)], body, set())]
 
 
-def _horizon_ranking(results: pd.DataFrame, criterion: str, select: str) -> list[str]:
+def _horizon_ranking(results: pd.DataFrame, criterion: str, select: str, always: bool = False) -> list[str]:
     summary = H.summarise(H.seed_horizons(results.assign(config_id="") if select == "best" else results,
                                           criterion))
-    if summary.empty or results.groupby(["model", "task"])["length"].nunique().max() < 2:
+    if summary.empty or (not always and results.groupby(["model", "task"])["length"].nunique().max() < 2):
         return []
     lines = [f"## memory horizons ({describe(criterion, list(results['task_criterion']))})", ""]
     names = axes(results) if select != "best" else []
@@ -195,7 +195,7 @@ def full_report(run_dirs: list[Path], fmt: str = "markdown", select: str = "all"
         if select == "best" and names:
             block += _chosen_block(rows)
         blocks.append("\n".join(block))
-    text = "\n\n".join(blocks) + "\n\n" + "\n".join(_horizon_ranking(results, criterion, select))
+    text = "\n\n".join(blocks) + "\n\n" + "\n".join(_horizon_ranking(results, criterion, select, always=horizon_run))
     if horizon_run:
         text += "(an adaptive length search: per-length scores with --format csv)\n"
     if names:

@@ -83,8 +83,11 @@ def _check_search(config: SweepConfig) -> None:
 
 
 def plan_search(config: SweepConfig) -> SweepPlan:
-    """The plan of the first trial of every series (lengths checked up to ``max_length``)."""
+    """The plan of the first trial of every series (lengths checked up to ``max_length``). Unless
+    ``--early-stop`` says otherwise, a trial stops once its validation result passes the criterion."""
     _check_search(config)
+    if config.early_stop == [None]:
+        config = config.replace(early_stop=[config.criterion])
     plan = plan_sweep(config.replace(lengths=[config.min_length]))
     longest = plan_sweep(config.replace(lengths=[config.max_length], seeds=config.seeds[:1]))
     plan.broken_tasks.update(longest.broken_tasks)

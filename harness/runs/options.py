@@ -21,8 +21,9 @@ from typing import Any, Iterable
 from harness.errors import HarnessError
 from harness.registry.entries import Entry, Registry
 
-#: Builder parameters the harness itself supplies, per kind of entry.
-SUPPLIED = {"model": ("input_size", "hidden_size"), "task": ("length",)}
+#: Builder parameters the harness itself supplies, per kind of entry. A model builder that declares
+#: ``length`` receives the trial's dependency length T (for initialisations that depend on it).
+SUPPLIED = {"model": ("input_size", "hidden_size", "length"), "task": ("length",)}
 REQUIRED = "<required>"
 
 
@@ -199,6 +200,20 @@ def _unknown_option(kind: str, name: str, key: str, options: dict[str, Any], fla
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     known = ", ".join(sorted(options)) or "none"
     return f"{flag}: {kind} '{name}' has no option '{key}'{hint}; its options: {known}"
+
+
+def build_core(entry: Entry, input_size: int, hidden_size: int, length: int | None, options: dict[str, Any]) -> Any:
+    """Build a model, passing ``length`` only to builders that declare it."""
+    extra = {"length": length} if length is not None and _takes_length(entry.load()) else {}
+    return entry.build(input_size=input_size, hidden_size=hidden_size, **extra, **options)
+
+
+def _takes_length(factory: Any) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return "length" in parameters
 
 
 def effective(entry: Entry, user: dict[str, Any]) -> dict[str, Any]:

@@ -182,7 +182,7 @@ class _Grid:
         for budget, combo, m_opts, t_opts in itertools.product(
                 budgets, itertools.product(*value_lists), self.model_options[model], self.task_options[task]):
             values = dict(zip((s.name for s in self.scalar_axes), combo))
-            values.update(max_steps=budget, device=self.device)
+            values.update(max_steps=budget, device=self.device, early_stop=values["early_stop"] or "solved")
             m_eff = O.effective(self.models.get(model), m_opts)
             t_eff = O.effective(self.tasks.get(task), t_opts)
             if values["params"] is not None:
@@ -214,7 +214,9 @@ def implementations(models: Registry, names: list[str], model_options: dict[str,
     for name in names:
         entry = models.get(name)
         try:
-            core = entry.build(input_size=1, hidden_size=2, **model_options[name][0]).to(device)
+            from harness.runs.options import build_core
+
+            core = build_core(entry, 1, 2, 4, model_options[name][0]).to(device)
             found[name] = str(getattr(core, "implementation", "") or "")
         except Exception:  # a broken model fails in its trials, where the error is recorded
             found[name] = ""

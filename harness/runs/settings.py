@@ -132,6 +132,27 @@ def step_list(value: Any, what: str) -> str:
     return ",".join([str(s) for s in sorted(steps)] + (["end"] if end else []))
 
 
+def stop_rule(value: Any, what: str) -> str:
+    """``solved`` (validation score ≥ threshold), ``never``, or a horizon criterion (checked when used)."""
+    from harness.analysis.criteria import Criterion
+
+    rule = text(value, what).lower()
+    if rule in ("solved", "never", "default"):
+        return rule
+    try:
+        return str(Criterion.parse(rule))
+    except HarnessError as exc:
+        raise HarnessError(f"{what}: {exc}") from None
+
+
+def criterion(value: Any, what: str) -> str:
+    """``default`` (each task's own) or a criterion such as ``normalised:0.9`` (harness.analysis.criteria)."""
+    rule = stop_rule(value, what)
+    if rule == "never":
+        raise HarnessError(f"{what}: 'never' is not a criterion")
+    return rule
+
+
 def name_list(value: Any, what: str) -> list[str]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
@@ -288,8 +309,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("eval_every", positive_int, 100, "evaluate every N steps", TRIAL, metavar="N", axis=True),
     Setting("eval_size", positive_int, 512, "sequences in each of the validation and test sets",
             TRIAL, metavar="N", axis=True),
-    Setting("threshold", fraction, 0.99, "validation score that counts as solved; training stops there",
-            TRIAL, axis=True),
+    Setting("threshold", fraction, 0.99, "score that counts as solved (a trial stops once its validation "
+            "score reaches it, with --early-stop solved)", TRIAL, axis=True),
+    Setting("early_stop", stop_rule, None, "when a trial stops before its budget: solved (validation score "
+            ">= threshold), never, or a horizon criterion met on validation: default, normalised[:LEVEL], "
+            "loss[:FRACTION] (default: solved for run, the search criterion for horizon)", TRIAL,
+            metavar="RULE", axis=True),
     Setting("device", text, "auto", "auto|cpu|cuda[:N]|mps", TRIAL, metavar="DEV"),
     Setting("grad_at", step_list, None, "measure gradient flow at these training steps (0: at "
             "initialisation; end: the last step) into gradients.csv", TRIAL, metavar="STEPS"),
@@ -316,7 +341,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("growth", ratio_above_one, 2.0, "factor by which T grows until the first failure", SEARCH),
     Setting("resolution", ratio_above_one, 1.25, "bisect (in log T) until first failure / horizon "
             "is at most this ratio", SEARCH),
-    Setting("criterion", text, "default", "what counts as remembering: default (each task's own), "
+    Setting("criterion", criterion, "default", "what counts as remembering: default (each task's own), "
             "solved, normalised[:LEVEL], loss[:FRACTION]", SEARCH, metavar="NAME"),
 )
 

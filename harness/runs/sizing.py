@@ -18,18 +18,19 @@ MAX_HIDDEN = 1 << 16
 
 
 def parameter_count(model: Entry, options: dict[str, Any], input_size: int, output_size: int, readout: str,
-                    hidden_size: int) -> int:
+                    hidden_size: int, length: int | None = None) -> int:
     """Trainable parameters of the model with the task head, built without allocating weights."""
     import torch
 
     from harness.model_api import TaskModel, count_parameters
+    from harness.runs.options import build_core
 
     try:
         with torch.device("meta"):
-            core = model.build(input_size=input_size, hidden_size=hidden_size, **options)
+            core = build_core(model, input_size, hidden_size, length, options)
             return count_parameters(TaskModel(core, output_size, readout))
-    except Exception:  # some initialisations cannot run on meta tensors: build it for real (small H only)
-        core = model.build(input_size=input_size, hidden_size=hidden_size, **options)
+    except Exception:  # some initialisations cannot run on meta tensors: build it for real
+        core = build_core(model, input_size, hidden_size, length, options)
         return count_parameters(TaskModel(core, output_size, readout))
 
 
@@ -40,7 +41,8 @@ def matched_hidden_size(model: Entry, model_options: dict[str, Any], task: Entry
     key = (model.name, model.plugin, model.target_name, json.dumps(model_options, sort_keys=True, default=str),
            built.input_size, built.output_size, built.readout, target)
     if key not in _CACHE:
-        _CACHE[key] = _search(model, model_options, built.input_size, built.output_size, built.readout, target)
+        _CACHE[key] = _search(model, model_options, built.input_size, built.output_size, built.readout, target,
+                              length)
     return _CACHE[key]
 
 
@@ -48,9 +50,9 @@ _CACHE: dict[tuple, int] = {}
 
 
 def _search(model: Entry, options: dict[str, Any], input_size: int, output_size: int, readout: str,
-            target: int) -> int:
+            target: int, length: int) -> int:
     def count(hidden: int) -> int:
-        return parameter_count(model, options, input_size, output_size, readout, hidden)
+        return parameter_count(model, options, input_size, output_size, readout, hidden, length)
 
     low, high = 1, 2
     while count(high) < target:  # grow until the count passes the target

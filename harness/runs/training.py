@@ -55,13 +55,13 @@ def build_task(spec: TrialSpec) -> Task:
 def build_model(spec: TrialSpec, task: Task) -> TaskModel:
     """Build the model under the trial's init seed (torch, numpy and random all seeded)."""
     from harness.registry.loader import get_model
+    from harness.runs.options import build_core
 
     init_seed = derive_seed(spec.seed, INIT)
     torch.manual_seed(init_seed)
     np.random.seed(init_seed % 2**32)
     random.seed(init_seed)
-    core = get_model(spec.model).build(input_size=task.input_size, hidden_size=spec.hidden_size,
-                                       **spec.model_options)
+    core = build_core(get_model(spec.model), task.input_size, spec.hidden_size, spec.length, spec.model_options)
     return TaskModel(core, task.output_size, task.readout)
 
 
@@ -223,7 +223,7 @@ class Training:
                 point.update(gradient_stats(self.model, self.task, spec, self.device))
             outcome.curve.append(point)
             row.update(score=test_score, loss=test_loss, val_score=val_score, val_loss=val_loss, best_val_score=best)
-            if val_score >= spec.threshold:
+            if self.stops(val_score, val_loss):
                 row["steps_to_solve"] = step
                 break
             loss_sum, losses_since_eval = None, 0
@@ -231,6 +231,18 @@ class Training:
         row["solved"] = bool(math.isfinite(row["score"]) and row["score"] >= spec.threshold)
         if gradients is not None:
             gradients.finish(row["steps"])
+
+    def stops(self, val_score: float, val_loss: float) -> bool:
+        """Whether the validation result meets the early-stopping rule (``--early-stop``)."""
+        rule = self.spec.early_stop or "solved"
+        if rule == "never":
+            return False
+        if rule == "solved":
+            return val_score >= self.spec.threshold
+        from harness.analysis.criteria import resolve
+
+        view = {**self.row, "score": val_score, "loss": val_loss}
+        return resolve(rule, view).passes(view)
 
     def _pause(self, tick: float) -> float:
         synchronize(self.device)

@@ -27,7 +27,7 @@ fast MGU would write its own loop.
 
 The gate bias is initialised to −1 (``gate_bias``), so that at initialisation the state keeps
 1 − σ(−1) = σ(1) of itself per step: the same retention as the harness's LSTM (forget bias 1)
-and CIFG (input bias −1), SPEC §3. Zhou et al. do not prescribe an initialisation.
+and CIFG (input bias −1) (see harness's docs/models.md). Zhou et al. do not prescribe an initialisation.
 """
 
 from __future__ import annotations

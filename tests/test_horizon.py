@@ -1,0 +1,160 @@
+"""``harness horizon``: the adaptive length search, its resume, and the files it writes.
+
+The search logic runs against a scripted executor whose trials pass exactly up to a chosen length,
+so growth, bisection, series that never pass or never fail, errors and resume are checked in
+milliseconds; one end-to-end command trains real (tiny) models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from harness.runs.horizon import Series, _search
+from harness.runs.spec import TrialSpec
+from harness.runs.training import TrialOutcome, base_row
+
+
+def spec(length: int = 5) -> TrialSpec:
+    return TrialSpec.build("lstm", "recall", length, 0, {"max_steps": 10, "device": "cpu"})
+
+
+def series(min_length: int = 5, max_length: int = 1000, growth: float = 2.0, resolution: float = 1.25) -> Series:
+    return Series(spec(min_length), growth, resolution, max_length, "default")
+
+
+def row(s: TrialSpec, passes: bool, status: str = "ok") -> dict:
+    r = base_row(s)
+    r.update(status=status, score=1.0 if passes else 0.125, loss=0.0 if passes else math.log(8), chance_score=0.125,
+             memoryless_loss=math.log(8), task_criterion="normalised:0.9")
+    return r
+
+
+class ScriptedExecutor:
+    """Trials pass up to ``horizon`` (and error at ``error_at``), without training."""
+
+    def __init__(self, horizon: float, error_at: int | None = None) -> None:
+        self.horizon, self.error_at = horizon, error_at
+        self.queue: list[TrialSpec] = []
+        self.lengths: list[int] = []
+
+    def submit(self, s: TrialSpec) -> None:
+        self.queue.append(s)
+        self.lengths.append(s.length)
+
+    def outcomes(self):
+        while self.queue:
+            s = self.queue.pop(0)
+            status = "error" if s.length == self.error_at else "ok"
+            yield TrialOutcome(row(s, s.length <= self.horizon, status), [])
+
+
+class Bar:
+    total = 0
+
+    def refresh(self) -> None:
+        pass
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.bar, self.recorded = Bar(), []
+
+    def __call__(self, outcome, label) -> None:
+        self.recorded.append(outcome.row["length"])
+
+
+class Plan:
+    broken_tasks: dict = {}
+
+
+def search(one: Series, horizon: float, rows: dict | None = None, error_at: int | None = None) -> list[int]:
+    executor = ScriptedExecutor(horizon, error_at)
+    _search([one], executor, Recorder(), rows or {}, Plan())
+    return executor.lengths
+
+
+def test_grows_geometrically_then_bisects_in_log_length():
+    one = series()
+    tried = search(one, horizon=50)
+    # 40 passes, 80 fails; then the geometric middles: √(40·80) ≈ 57 fails, √(40·57) ≈ 48 passes
+    assert tried == [5, 10, 20, 40, 80, 57, 48]
+    assert one.passed == 48 and one.failed == 57 and one.done
+    assert one.failed / one.passed <= 1.25  # stops at the resolution
+
+
+def test_resolution_sets_the_bisection_depth():
+    coarse, fine = series(resolution=1.5), series(resolution=1.05)
+    assert search(coarse, horizon=50) == [5, 10, 20, 40, 80, 57]  # 57 / 40 < 1.5: done
+    fine_tried = search(fine, horizon=50)
+    assert fine.failed / fine.passed <= 1.05 and len(fine_tried) > 8
+
+
+def test_a_series_that_never_fails_stops_at_the_maximum():
+    one = series(max_length=1000)
+    assert search(one, horizon=10**9) == [5, 10, 20, 40, 80, 160, 320, 640, 1000]
+    assert one.passed == 1000 and one.failed is None
+
+
+def test_a_series_that_never_passes_stops_at_once():
+    one = series()
+    assert search(one, horizon=1) == [5]
+    assert one.passed is None and one.failed == 5
+
+
+def test_an_error_ends_the_series():
+    one = series()
+    assert search(one, horizon=10**9, error_at=40) == [5, 10, 20, 40]
+    assert one.failed == 40 and one.done
+
+
+def test_integer_lengths_end_the_bisection():
+    one = series(min_length=2, resolution=1.01)
+    tried = search(one, horizon=4)
+    assert tried == [2, 4, 8, 6, 5] and (one.passed, one.failed) == (4, 5)
+
+
+def test_resume_reads_finished_trials_instead_of_training():
+    first = series()
+    search(first, horizon=50)
+    finished = {spec(n).key: row(spec(n), n <= 50) for n in (5, 10, 20, 40, 80, 57)}  # interrupted there
+    resumed = series()
+    assert search(resumed, horizon=50, rows=finished) == [48]  # only what is missing trains
+    assert (resumed.passed, resumed.failed) == (first.passed, first.failed)
+
+
+def test_horizon_command_writes_horizons_and_resumes(tmp_path, capsys):
+    out = tmp_path / "h"
+    args = ["horizon", "--models", "rnn,lstm", "--task", "recall", "--seeds", "1", "--min-length", "2",
+            "--max-length", "8", "--steps", "60", "--eval-every", "20", "--eval-size", "64", "--hidden-size", "8",
+            "--batch-size", "16", "--lr", "1e-2", "--criterion", "normalised:0.5", "--workers", "1", "--threads",
+            "1", "--no-plot", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    horizons = pd.read_csv(out / "horizons.csv")
+    assert {"model", "task", "seed", "criterion", "horizon", "first_fail", "trials", "training_steps",
+            "seconds"} <= set(horizons.columns)
+    assert sorted(horizons["model"]) == ["lstm", "rnn"] and set(horizons["criterion"]) == {"normalised:0.5"}
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["early_stop"]) == {"normalised:0.5"}  # trials stop once they pass it, on validation
+    for one in horizons.itertuples():
+        mine = results[results["model"] == one.model]
+        assert one.trials == len(mine) and one.training_steps == mine["steps"].sum()
+    text = capsys.readouterr().out
+    assert "memory horizons" in text
+    assert main(args) == 0  # again: every trial is read back, none trains
+    assert json.loads((out / "run.json").read_text())["trials"]["ran"] == 0
+    assert main(["report", str(out), "--criterion", "normalised:0.5"]) == 0
+    assert "memory horizons (normalised:0.5)" in capsys.readouterr().out
+
+
+def test_bad_search_settings_are_one_line_errors(tmp_path, capsys):
+    base = ["horizon", "--models", "rnn", "--task", "recall", "--out", str(tmp_path / "x")]
+    for extra, fragment in ((["--min-length", "10", "--max-length", "5"], "shorter than --min-length"),
+                            (["--resolution", "1"], "must be greater than 1"),
+                            (["--criterion", "loudness"], "unknown criterion")):
+        assert main([*base, *extra]) == 2
+        assert fragment in capsys.readouterr().err
