@@ -3,8 +3,8 @@
 For a batch of the task's own sequences (a seed stream of its own), we compute the loss at the
 scored position(s), backpropagate it, and record ‖∂L/∂x_t‖ (the norm over input features, for the
 loss of one sequence, averaged over the batch) against the distance d = τ − t from the scored
-position τ (the last step for tasks read at the end; the last scored step for tasks scored at
-several positions). For a linear recurrence h_t = a h_{t−1} + x_t this is |a|^d times its value
+position τ (the last step for tasks read at the end; for tasks scored at several positions, the
+first of them, so that every earlier input reaches every scored output through at least d steps). For a linear recurrence h_t = a h_{t−1} + x_t this is |a|^d times its value
 at d = 0, so the slope of log-norm against d, the *decay rate*, is log|a| per step.
 
 The measurement runs on a float64 copy of the model, so that norms far below float32's range
@@ -38,10 +38,10 @@ def gradient_batch(task: Task, seed: int, device: torch.device, size: int) -> Ba
 
 
 def scored_position(task: Task, batch: Batch) -> int:
-    """τ: the last step for tasks read at the end, else the last position any sequence is scored at."""
+    """τ: the last step for tasks read at the end, else the first position any sequence is scored at."""
     if task.readout == "last" or batch.mask is None:
         return batch.inputs.shape[1] - 1
-    return int(torch.nonzero(batch.mask.any(0)).max())
+    return int(torch.nonzero(batch.mask.any(0)).min())
 
 
 def input_gradients(model: TaskModel, task: Task, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
