@@ -5,9 +5,12 @@ This module stays free of torch so that `harness --help` and the listings start 
 
 import pluggy
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+#: The plugin API this version provides (docs/plugins.md, "Plugin API version and compatibility").
+PLUGIN_API_VERSION = "1.1"
 
 #: Marker for hook implementations in plugins: decorate ``register_models`` / ``register_tasks``.
 hookimpl = pluggy.HookimplMarker("harness")
 
-__all__ = ["__version__", "hookimpl"]
+__all__ = ["PLUGIN_API_VERSION", "__version__", "hookimpl"]

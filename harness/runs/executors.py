@@ -147,6 +147,7 @@ def _worker_main(conn: Any, threads: int, extra_plugins: str, parent: int) -> No
     from harness.runs.training import prepare_process, run_trial
 
     prepare_process()
+    conn.send(("ready", None))  # a worker that dies before this could not start; after it, a trial killed it
     while True:
         try:
             spec = conn.recv()
@@ -156,9 +157,10 @@ def _worker_main(conn: Any, threads: int, extra_plugins: str, parent: int) -> No
             return
         outcome = run_trial(spec)
         try:
-            conn.send(outcome)
+            conn.send(("outcome", outcome))
         except Exception as exc:  # an unpicklable value in a third-party row: still report the trial
-            conn.send(error_outcome(spec, f"the trial's results could not be sent back: {type(exc).__name__}: {exc}"))
+            message = f"the trial's results could not be sent back: {type(exc).__name__}: {exc}"
+            conn.send(("outcome", error_outcome(spec, message)))
 
 
 class _Worker:
@@ -170,7 +172,7 @@ class _Worker:
         child.close()
         self.spec: TrialSpec | None = None
         self.started = 0.0
-        self.finished_any = False
+        self.ready = False  # set when the worker says it has started (torch, plugins loaded)
 
     def give(self, spec: TrialSpec) -> None:
         self.spec, self.started = spec, time.monotonic()
@@ -253,16 +255,19 @@ class ProcessPoolExecutor:
         assert spec is not None
         if worker.conn in ready:
             try:
-                outcome = worker.conn.recv()
+                kind, outcome = worker.conn.recv()
             except (EOFError, OSError):
-                outcome = None
+                kind, outcome = "", None
+            if kind == "ready":  # the trial's clock starts now, not while torch was being imported
+                worker.ready, worker.started, self.failed_starts = True, time.monotonic(), 0
+                return None
             if outcome is not None:
-                worker.spec, worker.finished_any, self.failed_starts = None, True, 0
+                worker.spec = None
                 return outcome
         if worker.process.sentinel in ready or not worker.process.is_alive():
             worker.process.join(timeout=5)
             return self._lost(worker, f"its worker process died ({describe_exit(worker.process.exitcode)})")
-        if self.trial_timeout is not None and time.monotonic() - worker.started >= self.trial_timeout:
+        if worker.ready and self.trial_timeout is not None and time.monotonic() - worker.started >= self.trial_timeout:
             return self._lost(worker, f"timed out after {self.trial_timeout:g} s (--trial-timeout)")
         return None
 
@@ -272,7 +277,7 @@ class ProcessPoolExecutor:
         assert spec is not None
         worker.stop(kill=True)
         self.workers.remove(worker)
-        if not worker.finished_any:
+        if not worker.ready:
             self.failed_starts += 1
         if self.failed_starts >= STARTUP_FAILURES:  # workers cannot even start: do not loop forever
             lost = [*self.queue]

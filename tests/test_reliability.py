@@ -1,0 +1,368 @@
+"""Reliability under faults (issue #15): every reproduction from the issue, on tiny sweeps and fake models.
+
+Each test names the fault it reproduces. docs/reliability.md summarises what survives what.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+
+TINY = ["--lengths", "3,6", "--seeds", "1", "--steps", "10", "--eval-every", "5", "--eval-size", "32",
+        "--hidden-size", "8", "--batch-size", "8", "--threads", "1", "--no-plot", "--quiet"]
+
+FAULTY = '''
+import ctypes, os, time
+import torch
+from torch import nn
+from harness import hookimpl
+from harness.task_api import Task
+
+
+class Base(nn.Module):
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        self.rnn = nn.GRU(input_size, hidden_size, batch_first=True)
+        self.output_size = hidden_size
+    def forward(self, x):
+        self.fault()
+        y, _ = self.rnn(x)
+        return y, y[:, -1]
+    def fault(self):
+        pass
+
+
+class Exiter(Base):
+    def fault(self):
+        os._exit(1)
+
+
+class Segfaulter(Base):
+    def fault(self):
+        ctypes.string_at(0)
+
+
+class Sleeper(Base):
+    def fault(self):
+        time.sleep(float(os.environ.get("SLEEP", "0.2")))
+
+
+class Broken(Task):  # misses every abstract member
+    name = "broken"
+    input_size = output_size = 2
+    readout = "last"
+
+
+class Raising(Task):
+    name = "raising"
+    input_size = output_size = 2
+    readout = "last"
+    def __init__(self, length):
+        super().__init__(length)
+        raise RuntimeError("this task cannot be built")
+
+
+@hookimpl
+def register_models(register):
+    register("exiter", Exiter, description="calls os._exit(1)")
+    register("segfaulter", Segfaulter, description="dereferences NULL")
+    register("sleeper", Sleeper, description="sleeps in every forward")
+
+
+@hookimpl
+def register_tasks(register):
+    register("broken", Broken, description="abstract members missing")
+    register("raising", Raising, description="constructor raises")
+'''
+
+
+@pytest.fixture
+def faulty(tmp_path, monkeypatch) -> str:
+    path = tmp_path / "faulty.py"
+    path.write_text(FAULTY)
+    monkeypatch.setenv("HARNESS_PLUGINS", "none")
+    return str(path)
+
+
+def harness(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True,
+                          env={**os.environ, "HARNESS_PLUGINS": "none", **(env or {})}, **kwargs)
+
+
+def start(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "HARNESS_PLUGINS": "none", **(env or {})})
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def workers_of(pid: int) -> list[int]:
+    """The trial workers among a process's children (not multiprocessing's resource tracker)."""
+    found = []
+    for child in children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in command and b"resource_tracker" not in command:
+            found.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.1)
+
+
+def rows(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "results.csv")
+
+
+# -- 3. a trial that kills its own process --------------------------------------------------------------------
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_trial_that_kills_its_process_is_contained(tmp_path, faulty, workers):
+    out = tmp_path / "run"
+    args = ["run", "--plugin", faulty, "--models", "lstm,exiter,segfaulter", "--task", "adding", *TINY,
+            "--workers", workers, "--out", str(out)]
+    for attempt in range(2):  # and again: only the offending trials run, and fail the same way
+        done = harness(*args)
+        assert done.returncode == 1, done.stderr
+        results = rows(out).set_index(["model", "length"])
+        assert set(results.loc["lstm", "status"]) == {"ok"}
+        assert results.loc["exiter", "error"].str.contains("exited with status 1").all()
+        assert results.loc["segfaulter", "error"].str.contains("SIGSEGV").all()
+        meta = json.loads((out / "run.json").read_text())
+        assert meta["trials"]["ran"] == (6 if attempt == 0 else 4) and meta["trials"]["failed"] == 4
+
+
+# -- 4. SIGTERM, the main process killed, a hung trial, one worker killed --------------------------------------
+
+def test_sigterm_saves_finished_trials_and_stops_the_workers(tmp_path, faulty):
+    out = tmp_path / "run"
+    run = start("run", "--plugin", faulty, "--models", "sleeper", "--task", "adding", *TINY, "--lengths", "3,4,5,6",
+                "--seeds", "2", "--workers", "2", "--out", str(out), env={"SLEEP": "0.15"})
+    wait_for(lambda: (out / "results.csv").exists() and len(rows(out)) >= 1)
+    workers = workers_of(run.pid)
+    assert workers
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 143, err
+    assert "stopped by SIGTERM" in err and f"--out {out}" in err
+    assert len(rows(out)) >= 1 and json.loads((out / "run.json").read_text())["interrupted"] == "SIGTERM"
+    wait_for(lambda: not any(alive(w) for w in workers), timeout=10)
+
+
+def test_workers_exit_when_the_main_process_is_killed(tmp_path, faulty):
+    out = tmp_path / "run"
+    run = start("run", "--plugin", faulty, "--models", "sleeper", "--task", "adding", *TINY, "--workers", "2",
+                "--out", str(out), env={"SLEEP": "1"})
+    wait_for(lambda: len(workers_of(run.pid)) >= 2)
+    workers = workers_of(run.pid)
+    run.kill()
+    run.wait()
+    wait_for(lambda: not any(alive(w) for w in workers), timeout=15)
+
+
+def test_a_hung_trial_times_out_and_the_sweep_goes_on(tmp_path, faulty):
+    out = tmp_path / "run"
+    done = harness("run", "--plugin", faulty, "--models", "sleeper,lstm", "--task", "adding", *TINY, "--workers", "1",
+                   "--trial-timeout", "4", "--out", str(out), env={"SLEEP": "30"})
+    assert done.returncode == 1
+    results = rows(out).set_index("model")
+    assert results.loc["sleeper", "error"].str.contains("timed out after 4 s").all()
+    assert set(results.loc["lstm", "status"]) == {"ok"}
+
+
+def test_killing_one_worker_marks_only_its_trial(tmp_path, faulty):
+    out = tmp_path / "run"
+    run = start("run", "--plugin", faulty, "--models", "sleeper", "--task", "adding", *TINY, "--lengths", "3,4,5,6",
+                "--workers", "2", "--out", str(out), env={"SLEEP": "0.3"})
+    wait_for(lambda: len(workers_of(run.pid)) >= 2)
+    wait_for(lambda: (out / "results.csv").exists())  # workers are up and running trials
+    os.kill(workers_of(run.pid)[0], signal.SIGKILL)
+    run.communicate(timeout=120)
+    assert run.returncode == 1
+    status = rows(out)["status"].value_counts().to_dict()
+    assert status == {"ok": 3, "error": 1}
+    assert rows(out).query("status == 'error'")["error"].str.contains("SIGKILL").all()
+
+
+# -- 2. two runs on one folder -----------------------------------------------------------------------------------
+
+def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, faulty):
+    out = tmp_path / "run"
+    first = start("run", "--plugin", faulty, "--models", "sleeper", "--task", "adding", *TINY, "--workers", "1",
+                  "--out", str(out), env={"SLEEP": "0.3"})
+    wait_for(lambda: (out / ".harness.lock").exists() and (out / ".harness.lock").read_text())
+    second = harness("run", "--models", "rnn", "--task", "adding", *TINY, "--out", str(out))
+    assert second.returncode == 2
+    assert len(second.stderr.strip().splitlines()) == 1 and f"pid {first.pid}" in second.stderr
+    first.kill()  # a crashed run leaves no stuck lock
+    first.wait()
+    assert harness("run", "--models", "rnn", "--task", "adding", *TINY, "--workers", "0",
+                   "--out", str(out)).returncode == 0
+
+
+# -- 5. damaged result files -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def finished(tmp_path) -> Path:
+    out = tmp_path / "run"
+    assert main(["run", "--models", "lstm,rnn", "--task", "recall", *TINY, "--workers", "0", "--out", str(out)]) == 0
+    return out
+
+
+def test_an_incomplete_last_row_is_dropped_and_run_again(finished, capsys):
+    text = (finished / "results.csv").read_text()
+    (finished / "results.csv").write_text(text[: len(text) - 25])  # a write cut short in the last row
+    capsys.readouterr()
+    assert main(["run", "--models", "lstm,rnn", "--task", "recall", *TINY, "--workers", "0",
+                 "--out", str(finished)]) == 0
+    assert "incomplete last line" in capsys.readouterr().err
+    assert len(rows(finished)) == 4 and json.loads((finished / "run.json").read_text())["trials"]["ran"] == 1
+
+
+def test_a_cut_inside_the_key_columns_is_dropped_too(finished):
+    lines = (finished / "results.csv").read_text().splitlines(keepends=True)
+    (finished / "results.csv").write_text("".join(lines[:-1]) + lines[-1][:6])  # "rnn,re"
+    assert main(["run", "--models", "lstm,rnn", "--task", "recall", *TINY, "--workers", "0",
+                 "--out", str(finished)]) == 0
+    assert len(rows(finished)) == 4
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda t: t.replace("\n", "\n\x00\x01\x02", 1), "NUL bytes"),
+    (lambda t: t.split("\n", 2)[0] + "\n" + "garbage,row\n" + t.split("\n", 2)[2], "fields"),
+    (lambda t: "\xff\xfe not csv at all \x00", "NUL bytes"),
+])
+def test_an_unreadable_results_file_is_one_line_saying_how_to_recover(finished, capsys, damage, fragment):
+    path = finished / "results.csv"
+    path.write_bytes(damage(path.read_text()).encode("utf-8", "surrogatepass"))
+    capsys.readouterr()
+    assert main(["run", "--models", "lstm", "--task", "recall", *TINY, "--out", str(finished)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err and "move it aside" in err
+
+
+def test_a_cut_curves_file_is_repaired(finished):
+    text = (finished / "curves.csv").read_text()
+    (finished / "curves.csv").write_text(text[:-7])
+    assert main(["run", "--models", "lstm,rnn", "--task", "recall", *TINY, "--workers", "0",
+                 "--out", str(finished)]) == 0
+    curves = pd.read_csv(finished / "curves.csv")
+    assert len(curves) == 7  # the cut evaluation row is gone; every other row parses
+
+
+def test_a_garbage_run_json_says_how_to_recover_in_place(finished, capsys):
+    (finished / "run.json").write_text("{not json")
+    capsys.readouterr()
+    assert main(["run", "--models", "lstm,rnn", "--task", "recall", *TINY, "--out", str(finished)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"rm {finished / 'run.json'}" in err
+    (finished / "run.json").unlink()  # as it says: then the folder resumes, nothing lost
+    assert main(["run", "--models", "lstm,rnn", "--task", "recall", *TINY, "--workers", "0",
+                 "--out", str(finished)]) == 0
+    assert json.loads((finished / "run.json").read_text())["trials"]["ran"] == 0
+
+
+# -- 6. the writability probe ------------------------------------------------------------------------------------
+
+def test_the_writability_probe_has_a_name_of_its_own(tmp_path):
+    out = tmp_path / "run"
+    (out / ".write-test").mkdir(parents=True)  # what a concurrent run's probe looked like to the old code
+    assert main(["run", "--models", "rnn", "--task", "recall", *TINY, "--workers", "0", "--out", str(out)]) == 0
+
+
+# -- 7, 8. bad options and numbers --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--task-opt", "adding:bogus=1"], "task 'adding' has no option 'bogus'"),
+    (["--model-opt", "lstm:forgetbias=2"], "did you mean 'forget_bias'"),
+    (["--model-opt", "indrn:x=1"], "unknown model 'indrn'"),
+    (["--model-opt", "gru:x=1"], "model 'gru' is not in this sweep"),
+    (["--model-opt", "nonsense=1"], "no model in this sweep takes option(s) nonsense"),
+    (["--lr", "nan"], "lr: nan is not a finite number"),
+    (["--clip", "nan"], "clip: nan is not a finite number"),
+    (["--lr", "inf"], "lr: inf is not a finite number"),
+    (["--threshold", "nan"], "is not a finite number"),
+])
+def test_bad_options_are_one_line_errors_before_training(tmp_path, capsys, args, fragment):
+    assert main(["run", "--models", "lstm", "--task", "adding", *TINY, *args, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_options_resolve_aliases(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "--models", "cifg", "--task", "adding", *TINY, "--model-opt", "coupled:forget_bias=2",
+                 "--workers", "0", "--out", str(out)]) == 0
+    assert all(json.loads(o)["forget_bias"] == 2 for o in rows(out)["model_options"])
+
+
+@pytest.mark.parametrize("task", ["broken", "raising"])
+def test_a_task_that_cannot_be_built_is_contained(tmp_path, faulty, capsys, task):
+    out = tmp_path / "run"
+    code = main(["run", "--plugin", faulty, "--models", "rnn", "--task", f"{task},adding", *TINY, "--workers", "0",
+                 "--out", str(out)])
+    assert code == 1
+    results = rows(out).set_index("task")
+    assert set(results.loc["adding", "status"]) == {"ok"}
+    assert results.loc[task, "error"].str.contains(f"task '{task}' cannot be built").all()
+
+
+# -- also expected: plugins that are not what they seem --------------------------------------------------------
+
+def test_an_unmarked_hook_is_a_named_warning(tmp_path, monkeypatch, capsys):
+    from harness.registry.loader import load_plugins
+
+    path = tmp_path / "unmarked.py"
+    path.write_text("def register_models(register):\n    register('never', 'x:y')\n")
+    state = load_plugins(entry_points=False, extra=[str(path)])
+    err = capsys.readouterr().err
+    assert f"plugin '{path}' defines register_models but it is not marked with @hookimpl" in err
+    assert next(p for p in state.plugins if p.name == str(path)).status == "failed"
+
+
+def test_a_plugin_whose_registrations_were_all_rejected_is_not_loaded(tmp_path, capsys):
+    from harness.registry.loader import load_plugins
+
+    path = tmp_path / "clash.py"
+    path.write_text("from harness import hookimpl\n@hookimpl\ndef register_models(register):\n"
+                    "    register('lstm', 'x:y')\n    register('gru', 'x:y')\n")
+    state = load_plugins(entry_points=False, extra=[str(path)])
+    info = next(p for p in state.plugins if p.name == str(path))
+    assert info.status == "failed" and "every registration" in info.error
