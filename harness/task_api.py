@@ -41,6 +41,9 @@ class Task(ABC):
     #: sized so that a first run finishes in minutes on a laptop CPU and still shows scores falling.
     default_lengths: ClassVar[tuple[int, ...]] = (5, 10, 20, 40)
     default_steps: ClassVar[int] = 1000
+    #: The Adam learning rate used when ``--lr`` is not given: a task on which every model learns
+    #: slowly at the usual 1e-3 may declare another, measured, rate (the adding problem: 1e-2).
+    default_lr: ClassVar[float] = 1e-3
     min_length: ClassVar[int] = 1
     #: What counts as remembering at a length (``harness horizon``, horizons in reports): see
     #: ``harness.analysis.criteria``. The default, a score 90 % of the way from chance to perfect,

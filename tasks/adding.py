@@ -25,6 +25,9 @@ class AddingProblem(Task):
     readout = "last"
     min_length = 2
     horizon_criterion = "loss:0.1"
+    #: At 1e-3 the LSTM scores 0.53 at T = 5 after 1,000 steps where the GRU scores 0.97; at 1e-2
+    #: both score ≥ 0.997 and stop sooner (README, "A fair first impression").
+    default_lr = 1e-2
 
     @property
     def sequence_length(self) -> int:

@@ -41,7 +41,8 @@ def test_sweep_writes_tidy_files(tmp_path, capsys):
     assert (results.loc[results.task == "recall", "chance_score"] == 1 / 8).all()
     assert len(curves) == len(results) * 2  # evaluations at steps 10 and 20
     meta = json.loads((out / "run.json").read_text())
-    assert meta["settings"]["max_steps"] == [20] and meta["settings"]["lr"] == [0.001]
+    assert meta["settings"]["max_steps"] == [20]
+    assert meta["settings"]["lr"] == {"recall": [0.001], "adding": [0.01]}  # each task's own rate
     assert {"harness", "torch", "python"} <= set(meta["versions"])
     assert meta["finished_at"] and meta["trials"]["ran"] == 16
     assert any(p["name"] == "harness.plugins.torch_rnns" for p in meta["plugins"])

@@ -69,16 +69,18 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     task_options = O.resolve(config.task_options, state.tasks, tasks, "--task-opt")
     lengths: dict[str, list[int]] = {}
     budgets: dict[str, list[int]] = {}
+    rates: dict[str, list[float]] = {}
     broken: dict[str, str] = {}
     for task in tasks:
         probe = _probe_task(state.tasks.get(task), task_options[task][0], lengths_table, broken)
         lengths[task] = _task_lengths(task, lengths_table, probe)
         budgets[task] = _task_budgets(task, budget_table, probe)
+        rates[task] = config.lr if config.lr != [None] else [float(getattr(probe, "default_lr", None) or 1e-3)]
         if task not in broken:
             _check_lengths(state.tasks.get(task), lengths[task], task_options[task], broken)
     grid = _Grid(config, state.models, state.tasks, device, model_options, task_options)
     specs = [spec for task in tasks for length in lengths[task] for model in models for seed in config.seeds
-             for spec in grid.specs(model, task, length, seed, budgets[task])]
+             for spec in grid.specs(model, task, length, seed, budgets[task], rates[task])]
     axes = grid.axes(models, tasks, budgets)
     specs = [TrialSpec.build(s.model, s.task, s.length, s.seed, s.values, s.model_options, s.task_options,
                              tuple(axes)) for s in specs]
@@ -172,17 +174,18 @@ class _Grid:
                  model_options: dict[str, list[dict[str, Any]]], task_options: dict[str, list[dict[str, Any]]]):
         self.config, self.models, self.tasks, self.device = config, models, tasks, device
         self.model_options, self.task_options = model_options, task_options
-        self.scalar_axes = [s for s in S.trial_settings() if s.name not in ("max_steps", "device")]
+        self.scalar_axes = [s for s in S.trial_settings() if s.name not in ("max_steps", "lr", "device")]
 
-    def specs(self, model: str, task: str, length: int, seed: int, budgets: list[int]) -> list[TrialSpec]:
+    def specs(self, model: str, task: str, length: int, seed: int, budgets: list[int],
+              rates: list[float]) -> list[TrialSpec]:
         from harness.runs.sizing import matched_hidden_size
 
         result = []
         value_lists = [self._values(s) for s in self.scalar_axes]
-        for budget, combo, m_opts, t_opts in itertools.product(
-                budgets, itertools.product(*value_lists), self.model_options[model], self.task_options[task]):
+        for budget, lr, combo, m_opts, t_opts in itertools.product(
+                budgets, rates, itertools.product(*value_lists), self.model_options[model], self.task_options[task]):
             values = dict(zip((s.name for s in self.scalar_axes), combo))
-            values.update(max_steps=budget, device=self.device, early_stop=values["early_stop"] or "solved")
+            values.update(max_steps=budget, lr=lr, device=self.device, early_stop=values["early_stop"] or "solved")
             m_eff = O.effective(self.models.get(model), m_opts)
             t_eff = O.effective(self.tasks.get(task), t_opts)
             if values["params"] is not None:
@@ -198,6 +201,8 @@ class _Grid:
     def axes(self, models: list[str], tasks: list[str], budgets: dict[str, list[int]]) -> list[str]:
         """Names of what varies within a (model, task): settings with several values, then options."""
         names = [s.name for s in self.scalar_axes if len(self._values(s)) > 1]
+        if len(self._values(S.BY_NAME["lr"])) > 1:
+            names.insert(0, "lr")
         if any(len(b) > 1 for b in budgets.values()):
             names.insert(0, "max_steps")
         for kind, table, swept in (("model", self.model_options, models), ("task", self.task_options, tasks)):

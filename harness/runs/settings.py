@@ -220,6 +220,7 @@ class Setting:
     column: str = ""         # results.csv column (trial settings); default the name
     boolean: bool = False    # a command-line switch without a value
     aliases: tuple[str, ...] = ()  # other command-line flags for the same option
+    example: Any = None      # a valid value other than the default (tests push it through every layer)
 
     @property
     def cli_flag(self) -> str:
@@ -255,6 +256,8 @@ class Setting:
     def default_text(self) -> str:
         if self.default is None:
             return {"max_steps": "each task's own budget", "lengths": "each task's own sweep",
+                    "lr": "each task's own, 1e-3 unless it declares another (adding: 1e-2)",
+                    "early_stop": "solved for run, the search criterion for horizon",
                     "models": "the models registered for the default sweep",
                     "tasks": "the tasks registered for the default sweep"}.get(self.name, "none")
         if isinstance(self.default, bool):
@@ -288,61 +291,61 @@ def _split_axis(raw: Any) -> list[Any]:
 
 SETTINGS: tuple[Setting, ...] = (
     # -- the grid ---------------------------------------------------------------------------------
-    Setting("models", name_list, None, "comma list of models", GRID, metavar="LIST"),
-    Setting("tasks", name_list, None, "comma list of tasks", GRID, metavar="LIST", aliases=("--task",)),
+    Setting("models", name_list, None, "comma list of models", GRID, metavar="LIST", example=["lstm", "gru"]),
+    Setting("tasks", name_list, None, "comma list of tasks", GRID, metavar="LIST", aliases=("--task",), example=["recall"]),
     Setting("lengths", length_list, None, "comma list of dependency lengths T (a config file may "
-            "give a table with one list per task)", GRID, metavar="LIST", per_task=True, aliases=("--length",)),
-    Setting("seeds", seed_list, 2, "a count N (seeds 0..N-1) or a comma list", GRID, metavar="N|LIST"),
+            "give a table with one list per task)", GRID, metavar="LIST", per_task=True, aliases=("--length",), example=[7, 9]),
+    Setting("seeds", seed_list, 2, "a count N (seeds 0..N-1) or a comma list", GRID, metavar="N|LIST", example=[3, 5]),
     # -- how each trial trains --------------------------------------------------------------------
     Setting("max_steps", positive_int, None, "training budget in steps (training stops early once "
             "solved); one value, a list (an axis), or per task: recall=1000,adding=3000", TRIAL,
-            metavar="N|TASK=N,...", axis=True, per_task=True, flag="--steps", key="steps"),
-    Setting("batch_size", positive_int, 64, "training batch size", TRIAL, metavar="N", axis=True),
+            metavar="N|TASK=N,...", axis=True, per_task=True, flag="--steps", key="steps", example=7),
+    Setting("batch_size", positive_int, 64, "training batch size", TRIAL, metavar="N", axis=True, example=9),
     Setting("hidden_size", positive_int, 128, "hidden units H (ignored with --params)", TRIAL,
-            metavar="N", axis=True),
+            metavar="N", axis=True, example=11),
     Setting("params", positive_int, None, "choose each model's H so that its parameter count "
             "(recurrent core and head) is closest to N", TRIAL, metavar="N", axis=True,
-            column="params_target"),
-    Setting("lr", positive_float, 1e-3, "Adam learning rate", TRIAL, axis=True),
+            column="params_target", example=5000),
+    Setting("lr", positive_float, None, "Adam learning rate; a list is an axis (--lr 1e-3,1e-2)", TRIAL, axis=True, example=0.02),
     Setting("clip", positive_float, 1.0, "gradient-norm clipping, after backward() and before the step",
-            TRIAL, axis=True),
-    Setting("eval_every", positive_int, 100, "evaluate every N steps", TRIAL, metavar="N", axis=True),
+            TRIAL, axis=True, example=0.5),
+    Setting("eval_every", positive_int, 100, "evaluate every N steps", TRIAL, metavar="N", axis=True, example=3),
     Setting("eval_size", positive_int, 512, "sequences in each of the validation and test sets",
-            TRIAL, metavar="N", axis=True),
+            TRIAL, metavar="N", axis=True, example=33),
     Setting("threshold", fraction, 0.99, "score that counts as solved (a trial stops once its validation "
-            "score reaches it, with --early-stop solved)", TRIAL, axis=True),
+            "score reaches it, with --early-stop solved)", TRIAL, axis=True, example=0.9),
     Setting("early_stop", stop_rule, None, "when a trial stops before its budget: solved (validation score "
             ">= threshold), never, or a horizon criterion met on validation: default, normalised[:LEVEL], "
             "loss[:FRACTION] (default: solved for run, the search criterion for horizon)", TRIAL,
-            metavar="RULE", axis=True),
-    Setting("device", text, "auto", "auto|cpu|cuda[:N]|mps", TRIAL, metavar="DEV"),
+            metavar="RULE", axis=True, example="never"),
+    Setting("device", text, "auto", "auto|cpu|cuda[:N]|mps", TRIAL, metavar="DEV", example="cpu"),
     Setting("grad_at", step_list, None, "measure gradient flow at these training steps (0: at "
-            "initialisation; end: the last step) into gradients.csv", TRIAL, metavar="STEPS"),
+            "initialisation; end: the last step) into gradients.csv", TRIAL, metavar="STEPS", example="0,end"),
     Setting("grad_stats", flag, False, "also measure gradient flow (norm ratio, decay rate) at every "
-            "evaluation, into curves.csv", TRIAL, identity=False, boolean=True),
+            "evaluation, into curves.csv", TRIAL, identity=False, boolean=True, example=True),
     # -- how the sweep executes -------------------------------------------------------------------
     Setting("workers", workers, "auto", "parallel trial processes (auto: one single-threaded worker "
-            "per core on CPU, one on a GPU; 0: in this process, without isolation)", RUN, metavar="N|auto"),
+            "per core on CPU, one on a GPU; 0: in this process, without isolation)", RUN, metavar="N|auto", example=1),
     Setting("threads", positive_int, None, "torch threads per worker (default: cores // workers)", RUN,
-            metavar="N"),
+            metavar="N", example=1),
     Setting("trial_timeout", positive_float, None, "a trial still running after this many seconds is "
-            "stopped and recorded as an error", RUN, metavar="SECONDS"),
+            "stopped and recorded as an error", RUN, metavar="SECONDS", example=600.0),
     Setting("executor", executor, "local", "local (a pool of processes on this machine) or ray", RUN,
-            metavar="NAME"),
+            metavar="NAME", example="ray"),
     Setting("ray_address", text, None, "with --executor ray: a cluster address, or auto to join the "
-            "running one (default: start a local Ray instance)", RUN, metavar="ADDRESS"),
+            "running one (default: start a local Ray instance)", RUN, metavar="ADDRESS", example="auto"),
     Setting("gpus_per_trial", positive_float, None, "with --executor ray: GPUs each trial requests "
-            "(default: 1 with --device cuda, else 0)", RUN, metavar="X"),
+            "(default: 1 with --device cuda, else 0)", RUN, metavar="X", example=0.5),
     Setting("out", text, None, "output folder (default: results/run-DATE-TIME); reuse it to resume", RUN,
-            metavar="DIR"),
+            metavar="DIR", example="results/example"),
     # -- the adaptive length search (harness horizon) --------------------------------------------
-    Setting("min_length", positive_int, 5, "first length tried", SEARCH, metavar="T"),
-    Setting("max_length", positive_int, 1000, "longest length tried", SEARCH, metavar="T"),
-    Setting("growth", ratio_above_one, 2.0, "factor by which T grows until the first failure", SEARCH),
+    Setting("min_length", positive_int, 5, "first length tried", SEARCH, metavar="T", example=3),
+    Setting("max_length", positive_int, 1000, "longest length tried", SEARCH, metavar="T", example=50),
+    Setting("growth", ratio_above_one, 2.0, "factor by which T grows until the first failure", SEARCH, example=3.0),
     Setting("resolution", ratio_above_one, 1.25, "bisect (in log T) until first failure / horizon "
-            "is at most this ratio", SEARCH),
+            "is at most this ratio", SEARCH, example=1.5),
     Setting("criterion", criterion, "default", "what counts as remembering: default (each task's own), "
-            "solved, normalised[:LEVEL], loss[:FRACTION]", SEARCH, metavar="NAME"),
+            "solved, normalised[:LEVEL], loss[:FRACTION]", SEARCH, metavar="NAME", example="solved"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

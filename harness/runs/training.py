@@ -172,7 +172,8 @@ class Training:
         self.validation = held_out_set(self.task, spec, self.device, VALIDATION_DATA)
         self.test = held_out_set(self.task, spec, self.device, TEST_DATA)
         self.generator = make_generator(self.device, derive_seed(spec.seed, TRAIN_DATA))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=spec.lr)
+        lr = spec.lr if spec.lr is not None else float(getattr(self.task, "default_lr", 1e-3))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
 
     def step(self) -> torch.Tensor:
