@@ -44,8 +44,12 @@ def import_ray() -> Any:
     """The ``ray`` module, or a one-line error saying what to install."""
     try:
         import ray
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "ray":  # Ray is there but one of its own imports is missing
+            raise HarnessError(f"--executor ray: Ray is installed but cannot be imported ({exc})") from None
         raise HarnessError(f"--executor ray needs Ray, which is not installed here: {INSTALL}") from None
+    except ImportError as exc:
+        raise HarnessError(f"--executor ray: Ray is installed but cannot be imported ({exc})") from None
     return ray
 
 
@@ -134,19 +138,23 @@ class RayExecutor:
         os.environ.setdefault("RAY_task_oom_retries", "0")  # no retries after Ray's memory monitor kills a trial
         options: dict[str, Any] = {"runtime_env": self.shipment.runtime_env(self.threads), "log_to_driver": True,
                                    "logging_level": "WARNING"}
-        if self.address is None:
+        if self.address is None:  # a private instance: no dashboard, and it reports no usage statistics
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             options.update(address="local", include_dashboard=False)
         else:
             options["address"] = self.address
         try:
             ray.init(**options)
         except (OSError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:  # ConnectionError is an OSError
-            where = "start a local Ray instance" if self.address is None else f"join the Ray cluster at {self.address}"
+            where = {None: "start a local Ray instance", "auto": "join a running Ray cluster"}.get(
+                self.address, f"join the Ray cluster at {self.address}")
             hint = " (start one with: ray start --head)" if self.address == "auto" else ""
             raise HarnessError(f"cannot {where}: {' '.join(str(exc).split())}{hint}") from None
         self.owns_connection = True
         resources = ray.cluster_resources()
-        print(f"harness: Ray: {'started a local instance' if self.address is None else 'joined ' + self.address} "
+        where = {None: "started a local instance", "auto": "joined the running cluster"}.get(
+            self.address, f"joined the cluster at {self.address}")
+        print(f"harness: Ray: {where} "
               f"({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs); each trial requests "
               f"{self._request()}", file=sys.stderr)
         return None

@@ -180,12 +180,17 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
     skipped = len(plan.specs) - len(todo)
     config = plan.config
     executor_info = execution_settings(plan)
-    metadata = run_metadata(plan, folder.previous, started_at, executor_info)
-    write_json(folder.path / "run.json", metadata)
     workers = plan.workers if drive is not None else min(plan.workers, len(todo))
     kind = config.executor if todo or drive is not None else "local"  # nothing to run: start no Ray
+    # Before run.json: a Ray cluster that cannot be reached leaves the folder as it was.
     executor = make_executor(workers, executor_info["threads_per_worker"], config.trial_timeout, kind,
                              address=config.ray_address, gpus_per_trial=config.gpus_per_trial, device=plan.device)
+    try:
+        metadata = run_metadata(plan, folder.previous, started_at, executor_info)
+        write_json(folder.path / "run.json", metadata)
+    except BaseException:
+        executor.close()
+        raise
     recorder = Recorder(folder, len(todo), skipped, progress)
     interrupted: Interrupted | None = None
     started = time.perf_counter()
