@@ -13,7 +13,8 @@ than ``--trial-timeout`` is cancelled (its worker is killed) and recorded as an 
 
 The driver keeps no more trials in flight than the cluster's live nodes can run at once (read
 again as trials finish, so nodes that join are used), so the longest-first order holds and a
-trial's timeout counts from about when it starts, not from when it was queued.
+trial's timeout counts from when it is handed to Ray (plus its worker's start-up, if it gets a
+fresh worker), not from when the sweep queued it.
 
 Ray is optional (``pip install "recurrent-harness[ray]"``); this module imports it only when an
 executor is made, so the rest of the harness never pays for it.
