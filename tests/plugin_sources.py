@@ -86,3 +86,50 @@ def register_models(register):
     register("lstm", "somewhere:else", description="Clashes with the built-in lstm.")
     register("unique_dup_test_model", "toy_model_impl:build", description="Still registered.")
 '''
+
+# Models for the Ray tests: one kills its worker process, one outlives any timeout, and one only
+# works when loaded from the copy of this file that Ray shipped (not from the driver's own file).
+RAY_MODELS = '''
+import os
+import time
+
+from torch import nn
+from harness import hookimpl
+
+DRIVER_FILE = "__DRIVER_FILE__"  # the test writes this file's path on the driver here
+
+
+class Crashing(nn.Module):
+    """Ends its process in the middle of a trial, as a segfault would."""
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        self.linear = nn.Linear(input_size, hidden_size)
+        self.output_size = hidden_size
+    def forward(self, x):
+        os._exit(1)
+
+
+class Sleeping(Crashing):
+    def forward(self, x):
+        time.sleep(600)
+
+
+class Shipped(nn.Module):
+    """A GRU that refuses to run from the driver's file: proof that the plugin travelled."""
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        self.rnn = nn.GRU(input_size, hidden_size, batch_first=True)
+        self.output_size = hidden_size
+    def forward(self, x):
+        if os.path.realpath(__file__) == os.path.realpath(DRIVER_FILE):
+            raise RuntimeError("loaded from the driver's file, not from the copy Ray shipped")
+        y, _ = self.rnn(x)
+        return y, y[:, -1]
+
+
+@hookimpl
+def register_models(register):
+    register("crashing", Crashing, description="Calls os._exit(1) in forward.")
+    register("sleeping", Sleeping, description="Sleeps in forward.")
+    register("shipped", Shipped, description="A GRU, only from a shipped copy.")
+'''

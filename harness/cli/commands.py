@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.runs import settings as S
-
 
 # --------------------------------------------------------------------------------------------
 # Listings
@@ -53,7 +53,7 @@ def _options(entry: Any) -> tuple[dict[str, Any] | None, bool, str | None]:
     try:
         options, open_ended = builder_options(entry, static=True)
         return options, open_ended, None
-    except Exception as exc:  # a broken lazy target: listed, with the reason
+    except Exception as exc:  # noqa: BLE001 (a broken lazy target: listed, with the reason)
         return None, False, f"{type(exc).__name__}: {exc}"
 
 
@@ -83,7 +83,10 @@ def sweep_config(args: argparse.Namespace, roles: tuple[str, ...]) -> Any:
 
 def _announce(plan: Any, what: str) -> None:
     axes = f" × axes {', '.join(plan.axes)}" if plan.axes else ""
-    where = "in this process" if plan.workers == 0 else f"{plan.workers} worker(s)"
+    if plan.config.get("executor") == "ray":
+        where = f"Ray ({plan.config.ray_address or 'a local instance'})"
+    else:
+        where = "in this process" if plan.workers == 0 else f"{plan.workers} worker(s)"
     print(f"harness: {what} ({len(plan.models)} model(s) × {sum(len(v) for v in plan.lengths.values())} task "
           f"lengths × {len(plan.config.seeds)} seeds{axes}) on {plan.device}, {where} → {plan.out}", file=sys.stderr)
 
@@ -136,7 +139,7 @@ def gradients(args: argparse.Namespace) -> int:
     from harness.runs.allocator import tune_malloc
 
     tune_malloc()
-    from harness.analysis.gradient_report import gradient_summary, format_gradient_summary
+    from harness.analysis.gradient_report import format_gradient_summary, gradient_summary
     from harness.runs.plan import plan_sweep
     from harness.runs.sweep import GRADIENT_FILE, open_run_folder, run_sweep
 
@@ -157,7 +160,7 @@ def draw_figures(out: Path) -> None:
         from harness.analysis.plotting import plot_runs
 
         paths = plot_runs([out], formats=("png",))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (a figure must never cost results)
         print(f"harness: warning: could not draw the figures: {type(exc).__name__}: {exc}", file=sys.stderr)
         return
     for path in paths:

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import importlib.metadata as metadata
 import importlib.util
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any
 
 import pluggy
 
@@ -85,14 +86,20 @@ def _entry_point_filter() -> set[str] | None:
     return set() if names <= {"none", "0", "off"} else names
 
 
-def _extra_plugin_specs() -> list[str]:
+def extra_plugin_specs() -> list[str]:
+    """The plugins named in ``HARNESS_EXTRA_PLUGINS`` (``--plugin``): modules or ``.py`` files."""
     raw = os.environ.get("HARNESS_EXTRA_PLUGINS", "")
     return [part.strip() for part in raw.replace(os.pathsep, ",").split(",") if part.strip()]
 
 
+def is_plugin_file(spec: str) -> bool:
+    """Whether an extra plugin is a path to a ``.py`` file (else it is a dotted module name)."""
+    return spec.endswith(".py") or os.sep in spec or "/" in spec
+
+
 def import_plugin_module(spec: str) -> ModuleType:
     """Import a plugin given as a dotted module name or as a path to a ``.py`` file."""
-    if spec.endswith(".py") or os.sep in spec or "/" in spec:
+    if is_plugin_file(spec):
         path = Path(spec).expanduser().resolve()
         if not path.is_file():
             raise FileNotFoundError(f"no such plugin file: {spec}")
@@ -185,7 +192,7 @@ class _Loader:
                               distribution=dist_name, version=dist.version if dist is not None else None)
             try:
                 module = ep.load()
-            except Exception as exc:  # a broken third-party plugin must not take down the CLI
+            except Exception as exc:  # noqa: BLE001 (a broken third-party plugin must not take down the CLI)
                 self.plugins.append(info)
                 self.problem(info, f"plugin '{ep.name}' ({dist_name or ep.value}) failed to import: "
                                    f"{type(exc).__name__}: {exc}", exc)
@@ -197,7 +204,7 @@ class _Loader:
             info = PluginInfo(name=spec, source="command line", module=spec)
             try:
                 module = import_plugin_module(spec)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (as for entry points)
                 self.plugins.append(info)
                 self.problem(info, f"plugin '{spec}' failed to import: {type(exc).__name__}: {exc}", exc)
                 continue
@@ -219,7 +226,7 @@ class _Loader:
                     impl.function(register=register)
                 except PluginError:
                     raise
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 (a hook's failure is reported, not fatal)
                     self.problem(info, f"plugin '{impl.plugin_name}' raised in {hook_name}: "
                                        f"{type(exc).__name__}: {exc}", exc)
         for info in self.plugins:
@@ -282,7 +289,7 @@ def load_plugins(strict: bool | None = None, entry_points: bool = True,
     loader.load_builtins()
     if entry_points:
         loader.load_entry_points()
-    loader.load_extra(_extra_plugin_specs() if extra is None else extra)
+    loader.load_extra(extra_plugin_specs() if extra is None else extra)
     loader.manager.check_pending()
     loader.collect()
     return PluginState(loader.plugins, loader.models, loader.tasks, loader.warnings)

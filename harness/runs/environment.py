@@ -73,7 +73,7 @@ def device_details(device: str) -> dict[str, Any]:
 
     details: dict[str, Any] = {"device": device, "cpu": cpu_name(), "cores": available_cores(),
                                "torch_threads": torch.get_num_threads()}
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and torch.cuda.is_available():  # (a Ray driver may have no GPU of its own)
         index = torch.device(device).index or 0
         details.update(gpu=torch.cuda.get_device_name(index), cuda=torch.version.cuda,
                        cudnn=torch.backends.cudnn.version())

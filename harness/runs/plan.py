@@ -9,6 +9,7 @@ With ``--params N`` each model's hidden size is chosen so that its parameter cou
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,12 +58,11 @@ def default_out_dir() -> Path:
 def plan_sweep(config: SweepConfig) -> SweepPlan:
     """Validate everything and list the trials (tasks, lengths, models, seeds, then axes); trains nothing."""
     from harness.registry.loader import get_state
-    from harness.runs.environment import resolve_device
 
     state = get_state()
     models = _names(config.models, state.models, "--models")
     tasks = _names(config.tasks, state.tasks, "--tasks")
-    device = resolve_device(config.device)
+    device = sweep_device(config)
     lengths_table = _by_task(config.lengths, state.tasks, "lengths")
     budget_table = _by_task(config.max_steps, state.tasks, "steps")
     model_options = O.resolve(config.model_options, state.models, models, "--model-opt")
@@ -90,6 +90,21 @@ def plan_sweep(config: SweepConfig) -> SweepPlan:
     return SweepPlan(config, device, out, models, tasks, lengths, specs,
                      resolve_workers(config.workers, device, len(specs)), axes,
                      implementations(state.models, models, model_options, device), broken)
+
+
+def sweep_device(config: SweepConfig) -> str:
+    """The trials' device. With ``--executor ray`` Ray must be installed (checked here, before any
+    folder exists) and the device is the cluster's (:func:`harness.runs.ray_executor.ray_device`)."""
+    from harness.runs.environment import resolve_device
+
+    if config.get("executor") != "ray":
+        return resolve_device(config.device)
+    from harness.runs.ray_executor import import_ray, ray_device, trial_resources
+
+    import_ray()
+    device = ray_device(config.device)
+    trial_resources(1, device, config.get("gpus_per_trial"))
+    return device
 
 
 def _names(names: list[str] | None, registry: Registry, flag: str) -> list[str]:
@@ -133,7 +148,7 @@ def _probe_task(entry: Entry, options: dict[str, Any], lengths_table: Any, broke
             return entry.build(length=length, **options)
         except HarnessError as exc:
             last_error = exc
-        except Exception as exc:  # a broken third-party task: its trials become errors, the rest run
+        except Exception as exc:  # noqa: BLE001 (a broken third-party task: its trials become errors, the rest run)
             broken[entry.name] = f"task '{entry.name}' cannot be built: {type(exc).__name__}: {exc}"
             return None
     raise HarnessError(str(last_error))
@@ -162,7 +177,7 @@ def _check_lengths(entry: Entry, lengths: list[int], option_sets: list[dict[str,
             entry.build(length=length, **options)
         except HarnessError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (as in _probe_task)
             broken[entry.name] = f"task '{entry.name}' cannot be built at T={length}: {type(exc).__name__}: {exc}"
             return
 
@@ -223,7 +238,7 @@ def implementations(models: Registry, names: list[str], model_options: dict[str,
 
             core = build_core(entry, 1, 2, 4, model_options[name][0]).to(device)
             found[name] = str(getattr(core, "implementation", "") or "")
-        except Exception:  # a broken model fails in its trials, where the error is recorded
+        except Exception:  # noqa: BLE001 (a broken model fails in its trials, where the error is recorded)
             found[name] = ""
     return found
 
@@ -238,14 +253,10 @@ def row_key(models: Registry, tasks: Registry):
     def key(row: dict[str, Any]) -> Key:
         model, task = str(row["model"]), str(row["task"])
         m_opts, t_opts = options_from_row(row, "model_options"), options_from_row(row, "task_options")
-        try:
+        with contextlib.suppress(Exception):  # a model no longer installed keeps its recorded options
             m_opts = O.effective(models.get(model), m_opts)
-        except Exception:
-            pass  # a model no longer installed keeps its recorded options
-        try:
+        with contextlib.suppress(Exception):
             t_opts = O.effective(tasks.get(task), t_opts)
-        except Exception:
-            pass
         return (model, task, int(row["length"]), int(row["seed"]), config_id(values_from_row(row), m_opts, t_opts))
     return key
 
@@ -289,7 +300,8 @@ def _changed_options(plan: SweepPlan, rows: list[dict[str, Any]]) -> list[str]:
                                         ("task", plan.tasks, state.tasks, "--task-opt")):
         column = f"{kind}_options"
         for name in names:
-            before_opts = [O.effective(registry.get(name), options_from_row(r, column)) for r in rows if r[kind] == name]
+            before_opts = [O.effective(registry.get(name), options_from_row(r, column))
+                           for r in rows if r[kind] == name]
             now_opts = [getattr(s, column) for s in plan.specs if getattr(s, kind) == name]
             for key in sorted({k for o in before_opts + now_opts for k in o}):
                 before = {repr(o.get(key)) for o in before_opts}

@@ -20,8 +20,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.runs.schema import CURVE_COLUMNS, GRADIENT_COLUMNS, KEY_COLUMNS, RESULT_COLUMNS, STATUSES, TRIAL_KEY
@@ -221,7 +222,7 @@ class ResultStore:
         self._rewrite(self._link_curves(curves))
 
     def _rewrite(self, curves: list[Row]) -> None:
-        ordered = sorted(self.rows.values(), key=lambda r: self.key(r))
+        ordered = [self.rows[identity] for identity in sorted(self.rows)]  # keyed by self.key(row) already
         latest = {}
         for row in curves:  # the last-written rows of a (trial, step) win
             latest[(row["model"], row["task"], int(row["length"]), int(row["seed"]), row.get("config_id", ""),
@@ -233,5 +234,13 @@ class ResultStore:
         self._dirty = False
 
 
-__all__ = ["ResultStore", "Table", "append_rows", "atomic_write_text", "write_json", "csv_text", "default_key",
-           "KEY_COLUMNS"]
+__all__ = [
+    "KEY_COLUMNS",
+    "ResultStore",
+    "Table",
+    "append_rows",
+    "atomic_write_text",
+    "csv_text",
+    "default_key",
+    "write_json",
+]

@@ -15,10 +15,11 @@ import shlex
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.runs.lock import FolderLock, check_writable
@@ -90,9 +91,9 @@ def _previous_metadata(folder: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+            raise TypeError("not a JSON object")
         return data
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
         raise HarnessError(f"{path} is damaged ({exc}); remove it (rm {path}) and run the command again: "
                            f"every trial's settings are in results.csv, so nothing is lost") from None
 
@@ -170,7 +171,7 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
     ``drive(executor, recorder)`` replaces the default (submit every trial, record every outcome):
     the adaptive length search submits trials as outcomes arrive.
     """
-    from harness.runs.executors import make_executor, threads_per_worker
+    from harness.runs.executors import make_executor
 
     started_at = now()
     for note in folder.notes:
@@ -178,14 +179,18 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
     todo = [s for s in plan.specs if folder.store.status(s.key) not in FINISHED]
     skipped = len(plan.specs) - len(todo)
     config = plan.config
-    threads = config.threads or threads_per_worker(plan.workers)
-    executor_info = {"executor": config.executor, "workers": plan.workers, "threads_per_worker": threads,
-                     "trial_timeout": config.trial_timeout}
-    metadata = run_metadata(plan, folder.previous, started_at, executor_info)
-    write_json(folder.path / "run.json", metadata)
+    executor_info = execution_settings(plan)
     workers = plan.workers if drive is not None else min(plan.workers, len(todo))
-    executor = make_executor(workers, threads, config.trial_timeout, config.executor,
+    kind = config.executor if todo or drive is not None else "local"  # nothing to run: start no Ray
+    # Before run.json: a Ray cluster that cannot be reached leaves the folder as it was.
+    executor = make_executor(workers, executor_info["threads_per_worker"], config.trial_timeout, kind,
                              address=config.ray_address, gpus_per_trial=config.gpus_per_trial, device=plan.device)
+    try:
+        metadata = run_metadata(plan, folder.previous, started_at, executor_info)
+        write_json(folder.path / "run.json", metadata)
+    except BaseException:
+        executor.close()
+        raise
     recorder = Recorder(folder, len(todo), skipped, progress)
     interrupted: Interrupted | None = None
     started = time.perf_counter()
@@ -206,6 +211,20 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
                             "failed": len(recorder.failed)})
     write_json(folder.path / "run.json", metadata)
     return SweepOutcome(folder.store, recorder.ran, skipped, recorder.failed, interrupted)
+
+
+def execution_settings(plan: SweepPlan) -> dict[str, Any]:
+    """How the trials run, for run.json. On Ray each trial takes ``--threads`` CPUs (default 1)."""
+    from harness.runs.executors import threads_per_worker
+
+    config = plan.config
+    if config.executor == "ray":
+        return {"executor": "ray", "ray_address": config.ray_address or "local",
+                "threads_per_worker": config.threads or 1, "gpus_per_trial": config.gpus_per_trial,
+                "trial_timeout": config.trial_timeout}
+    return {"executor": config.executor, "workers": plan.workers,
+            "threads_per_worker": config.threads or threads_per_worker(plan.workers),
+            "trial_timeout": config.trial_timeout}
 
 
 def _drive_all(executor: Any, recorder: Recorder, todo: list[TrialSpec], plan: SweepPlan) -> None:

@@ -1,0 +1,162 @@
+"""``--executor ray``: the same numbers as one local worker, contained crashes and timeouts, plugin files
+shipped to the workers, and a one-line error without Ray.
+
+Tests that start Ray need it installed (``pip install -e ".[test,ray]"``) and are skipped otherwise;
+each runs the ``harness`` command in a fresh process, so Ray starts and stops as it does for a user.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from harness.cli import main
+from harness.errors import HarnessError
+from tests import plugin_sources as src
+
+# The issue's "must show" command (without figures and progress bar).
+SWEEP = ["--models", "lstm,rnn", "--task", "recall", "--lengths", "5,10", "--seeds", "2", "--steps", "60",
+         "--batch-size", "16", "--hidden-size", "16", "--no-plot", "--quiet"]
+NUMBERS = ["model", "task", "length", "seed", "config_id", "status", "score", "loss", "val_score", "val_loss",
+           "best_val_score", "steps"]
+TRIAL = ["model", "task", "length", "seed"]
+
+
+@pytest.fixture
+def ray():
+    return pytest.importorskip("ray")
+
+
+def harness_command(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def test_ray_gives_the_numbers_of_one_local_worker(ray, tmp_path):
+    """Seeding is per trial, so a trial's numbers do not depend on where it runs: bit for bit, curves too.
+
+    No ``--threads`` is needed: a Ray trial takes 1 thread by default and ``--workers 1`` gives its
+    worker every core, but at these sizes torch runs every operation on one thread anyway (and on
+    this machine larger ones matched across thread counts too). Give both runs the same
+    ``--threads`` where that matters.
+    """
+    on_ray = harness_command("run", "--executor", "ray", *SWEEP, "--out", str(tmp_path / "ray"))
+    assert on_ray.returncode == 0, on_ray.stderr
+    assert main(["run", "--workers", "1", *SWEEP, "--out", str(tmp_path / "local")]) == 0
+    ray_rows = pd.read_csv(tmp_path / "ray" / "results.csv")
+    local_rows = pd.read_csv(tmp_path / "local" / "results.csv")
+    assert len(ray_rows) == 8 and set(ray_rows["status"]) == {"ok"}
+    pd.testing.assert_frame_equal(ray_rows[NUMBERS], local_rows[NUMBERS])
+    ray_curves = pd.read_csv(tmp_path / "ray" / "curves.csv").drop(columns="elapsed_seconds")
+    local_curves = pd.read_csv(tmp_path / "local" / "curves.csv").drop(columns="elapsed_seconds")
+    pd.testing.assert_frame_equal(ray_curves, local_curves)
+    assert (ray_rows["model_provider"] == local_rows["model_provider"]).all()
+    assert "started a local instance" in on_ray.stderr
+
+
+def test_a_crash_or_a_timeout_on_ray_is_an_error_row_and_the_rest_finish(ray, tmp_path):
+    plugin = tmp_path / "ray_models.py"
+    plugin.write_text(src.RAY_MODELS.replace("__DRIVER_FILE__", str(plugin)))
+    out = tmp_path / "run"
+    # A trial's timeout counts from its dispatch, so it includes starting a worker (torch, plugins):
+    # ~5 s here; 15 s leaves room on a busy machine.
+    done = harness_command("run", "--executor", "ray", "--plugin", str(plugin), "--models",
+                           "crashing,sleeping,shipped,lstm", "--task", "recall", "--lengths", "5", "--seeds", "1",
+                           "--steps", "20", "--eval-size", "64", "--hidden-size", "8", "--batch-size", "16",
+                           "--trial-timeout", "15", "--no-plot", "--quiet", "--out", str(out))
+    assert done.returncode == 1, done.stderr
+    results = pd.read_csv(out / "results.csv").set_index("model")
+    assert list(results["status"].sort_index().items()) == [
+        ("crashing", "error"), ("lstm", "ok"), ("shipped", "ok"), ("sleeping", "error")]
+    assert "its Ray worker process died" in results.loc["crashing", "error"]
+    assert "WorkerCrashedError" in results.loc["crashing", "error"]
+    assert results.loc["sleeping", "error"] == "timed out after 15 s (--trial-timeout)"
+    assert results.loc["shipped", "model_provider"] == f"command line {plugin}"  # the driver's path, as locally
+    assert "2 trial(s) failed: crashing recall T=5 seed=0; sleeping recall T=5 seed=0" in done.stderr
+
+
+def test_without_ray_the_command_is_one_line_naming_the_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    out = tmp_path / "run"
+    assert main(["run", "--executor", "ray", *SWEEP, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == ('harness: error: --executor ray needs Ray, which is not installed here: '
+                   'pip install "recurrent-harness[ray]"\n')
+    assert not out.exists()  # refused while planning, before the folder or any trial
+    from harness.runs.executors import make_executor
+
+    with pytest.raises(HarnessError, match=r"recurrent-harness\[ray\]"):
+        make_executor(1, 1, kind="ray")
+
+
+def test_help_and_listings_do_not_import_ray():
+    code = ("import sys, contextlib, io\nfrom harness.cli import main\n"
+            "for argv in (['--help'], ['run', '--help'], ['models'], ['plugins']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try:\n            main(argv)\n        except SystemExit:\n            pass\n"
+            "print('ray' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("device, gpus, expected", [
+    ("cpu", None, {"num_cpus": 2, "num_gpus": 0.0}),
+    ("cuda", None, {"num_cpus": 2, "num_gpus": 1.0}),
+    ("cuda", 0.25, {"num_cpus": 2, "num_gpus": 0.25}),
+])
+def test_trial_resources(device, gpus, expected):
+    from harness.runs.ray_executor import trial_resources
+
+    assert trial_resources(2, device, gpus) == expected
+
+
+def test_ray_device_rules():
+    from harness.runs.ray_executor import ray_device, trial_resources
+
+    assert ray_device("cuda") == "cuda"  # the driver itself may have no GPU
+    assert ray_device("cpu") == "cpu"
+    with pytest.raises(HarnessError, match="use --device cuda"):
+        ray_device("cuda:1")
+    with pytest.raises(HarnessError, match="--gpus-per-trial 0.5 needs --device cuda"):
+        trial_resources(1, "cpu", 0.5)
+
+
+def test_ray_errors_name_their_cause(ray):
+    from ray import exceptions as E
+
+    from harness.runs.ray_executor import describe_ray_error
+
+    assert describe_ray_error(E.WorkerCrashedError()).startswith("its Ray worker process died")
+    assert describe_ray_error(E.NodeDiedError("node 10.0.0.2 died")) == (
+        "the Ray node running it died: NodeDiedError: node 10.0.0.2 died")
+    assert describe_ray_error(E.OutOfMemoryError("Task was killed due to the node running low on memory.\nMore")) \
+        .startswith("Ray's memory monitor killed its worker (the node ran low on memory): OutOfMemoryError: Task was")
+    wrapped = E.RayTaskError("run_on_worker", "Traceback ...", ImportError("no module named mymodels"))
+    assert describe_ray_error(wrapped).endswith("ImportError: no module named mymodels")
+
+
+def test_plugin_files_are_copied_for_the_workers(tmp_path, monkeypatch):
+    from harness.runs.ray_shipping import PluginShipment
+
+    plugin = tmp_path / "my_models.py"
+    plugin.write_text(src.TOY_MODEL)
+    monkeypatch.setenv("HARNESS_STRICT_PLUGINS", "1")
+    shipment = PluginShipment.stage([str(plugin), "some.installed.module"])
+    try:
+        assert shipment.specs == ["0/my_models.py", "some.installed.module"]
+        assert (shipment.folder / "0" / "my_models.py").read_text() == src.TOY_MODEL
+        runtime_env = shipment.runtime_env(threads=3)
+        assert runtime_env["working_dir"] == str(shipment.folder)
+        env = runtime_env["env_vars"]
+        assert env["HARNESS_EXTRA_PLUGINS"].split(":") == ["0/my_models.py", "some.installed.module"]
+        assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3" and env["HARNESS_STRICT_PLUGINS"] == "1"
+        row = {"model_provider": "command line 0/my_models.py", "task_provider": "recurrent-harness 0.1.0"}
+        shipment.restore(row)
+        assert row == {"model_provider": f"command line {plugin}", "task_provider": "recurrent-harness 0.1.0"}
+    finally:
+        folder = shipment.folder
+        shipment.cleanup()
+    assert not folder.exists()
