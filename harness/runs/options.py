@@ -90,11 +90,22 @@ def builder_options(entry: Entry, static: bool = False) -> tuple[dict[str, Any],
         if found is not None:
             return {**found[0], **entry.defaults}, found[1]
     factory = entry.load()
+    key = (entry.kind, factory)
+    if key not in _SIGNATURES:  # inspect once per builder: resume computes every stored row's identity
+        _SIGNATURES[key] = _signature_options(entry.kind, factory)
+    options, open_ended = _SIGNATURES[key]
+    return {**options, **entry.defaults}, open_ended
+
+
+_SIGNATURES: dict[tuple[str, Any], tuple[dict[str, Any], bool]] = {}
+
+
+def _signature_options(kind: str, factory: Any) -> tuple[dict[str, Any], bool]:
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):
         return {}, True
-    supplied = SUPPLIED[entry.kind]
+    supplied = SUPPLIED[kind]
     options: dict[str, Any] = {}
     open_ended = False
     for name, parameter in signature.parameters.items():
@@ -104,7 +115,7 @@ def builder_options(entry: Entry, static: bool = False) -> tuple[dict[str, Any],
             continue
         else:
             options[name] = REQUIRED if parameter.default is inspect.Parameter.empty else parameter.default
-    return {**options, **entry.defaults}, open_ended
+    return options, open_ended
 
 
 def static_options(entry: Entry) -> tuple[dict[str, Any], bool] | None:
