@@ -304,21 +304,27 @@ def usable(*tensors: torch.Tensor) -> bool:
     """Whether the fused kernels can run a step on these tensors (else the caller uses eager equations).
 
     All on the CPU, all float32 or all float64, not under TorchScript, and the kernels load."""
-    first = tensors[0]
-    if first.device.type != "cpu" or first.dtype not in _DTYPES:
+    dtype = tensors[0].dtype
+    if dtype not in _DTYPES:
         return False
-    if any(t.device != first.device or t.dtype != first.dtype for t in tensors):
-        return False
+    for tensor in tensors:  # a loop and is_cpu: this runs every step
+        if not tensor.is_cpu or tensor.dtype != dtype:
+            return False
     if torch.jit.is_scripting() or torch.jit.is_tracing():
         return False
     return _kernels_loaded()
 
 
-@torch.compiler.assume_constant_result
 def _kernels_loaded() -> bool:
     """``build.status() == "ok"``; a constant to torch.compile, which calls it once while tracing
     (loading the kernels is file I/O that would otherwise break the graph)."""
     return build.status() == "ok"
+
+
+# What torch.compiler.assume_constant_result(_kernels_loaded) does, without its import of
+# torch._dynamo (over a second) in every process that uses the kernels. If torch ever changes the
+# marker, tracing gets a graph break here: tests/test_cells.py checks that there is none.
+_kernels_loaded._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def implementation(device: torch.device, dtype: torch.dtype) -> str:
