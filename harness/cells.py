@@ -14,9 +14,10 @@ its gradient stacked and reduced again, which costs more memory traffic than the
 concatenation of a few inputs (see docs/performance.md). The inputs are unbound once; indexing
 ``x[:, t]`` inside the loop would make the backward pass quadratic in the length.
 
-The built-in cells (``harness.plugins.gated_cell_models``) run their pointwise step through fused CPU
-kernels when available (``harness.plugins.cell_kernels``; ``HARNESS_FUSED=0`` turns them off); their eager
-equations remain the reference.
+A cell may run its step some other way than its eager equations (the built-in peephole and CIFG
+cells use fused CPU kernels from their plugin); it says so in an ``implementation`` attribute,
+which :attr:`CellLoop.implementation` reports for result provenance. This module knows nothing
+about any such kernels.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ class CellLoop(nn.Module):
         #: (the gradient-flow measurement reads ‖∂L/∂h_t‖ from them).
         self.keep_states = False
         self.states: list[torch.Tensor] | None = None
+
+    @property
+    def implementation(self) -> str:
+        """How the cell computes its step: the cell's own ``implementation`` (e.g. ``"fused-cpu"``,
+        ``"eager: HARNESS_FUSED=0"``), or ``"eager"`` for a cell that does not say."""
+        return getattr(self.cell, "implementation", "eager")
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cell = self.cell

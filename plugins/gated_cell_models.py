@@ -1,7 +1,9 @@
 """Peephole LSTM and CIFG cells (equations in SPEC §3), both on :class:`harness.cells.CellLoop`.
 
-On the CPU, ``step`` runs the fused kernels of :mod:`harness.plugins.cell_kernels` (same equations, one
-pass forward and one backward); elsewhere, or with ``HARNESS_FUSED=0``, the eager equations below.
+On the CPU, ``step`` runs the fused kernels of :mod:`harness.plugins.kernels` (the operators
+``harness::peephole_step`` and ``harness::cifg_step``: same equations, one pass forward and one
+backward); elsewhere, with ``HARNESS_FUSED=0``, or where the kernels cannot be built or loaded, the
+eager equations below, which are the reference. ``cell.implementation`` says which one a cell uses.
 """
 
 from __future__ import annotations
@@ -9,13 +11,23 @@ from __future__ import annotations
 import math
 
 import torch
+from harness.plugins import kernels
 from torch import nn
 
-from harness.plugins import cell_kernels
 from harness.cells import CellLoop, GatedCell, State
 
 
-class PeepholeLSTMCell(GatedCell):
+class _FusedCell(GatedCell):
+    """A cell whose ``step`` runs the fused CPU kernels where it can."""
+
+    @property
+    def implementation(self) -> str:
+        """``"fused-cpu"`` if ``step`` runs the fused kernels for this cell's parameters (CPU,
+        float32/float64, kernels loaded), else ``"eager: <why>"``; may build or load the kernels."""
+        return kernels.implementation(self.weight_ih.device, self.weight_ih.dtype)
+
+
+class PeepholeLSTMCell(_FusedCell):
     """LSTM cell, gates i, f, g, o; with ``peepholes`` the gates also see the cell state:
     i and f see c_{t-1}, o sees the new c_t. Without peepholes it is exactly ``torch.nn.LSTM``."""
 
@@ -36,8 +48,8 @@ class PeepholeLSTMCell(GatedCell):
     def step(self, gates: torch.Tensor, state: State) -> State:
         _, c = state
         peepholes = self.peephole_weights if self.peepholes else None
-        if cell_kernels.usable(gates, c, *(() if peepholes is None else (peepholes,))):
-            return cell_kernels.peephole_step(gates, c, peepholes)
+        if kernels.usable(gates, c, *(() if peepholes is None else (peepholes,))):
+            return kernels.peephole_step(gates, c, peepholes)
         # the equations in plain torch operations (the reference for the fused kernel)
         gi, gf, gg, go = gates.chunk(4, dim=1)
         if self.peepholes:
@@ -55,7 +67,7 @@ class PeepholeLSTMCell(GatedCell):
         return torch.sigmoid(go) * torch.tanh(c), c
 
 
-class CIFGCell(GatedCell):
+class CIFGCell(_FusedCell):
     """Coupled input-forget gate LSTM cell: gates i, g, o and f = 1 - i."""
 
     num_gates = 3
@@ -69,8 +81,8 @@ class CIFGCell(GatedCell):
 
     def step(self, gates: torch.Tensor, state: State) -> State:
         _, c = state
-        if cell_kernels.usable(gates, c):
-            return cell_kernels.cifg_step(gates, c)
+        if kernels.usable(gates, c):
+            return kernels.cifg_step(gates, c)
         # the equations in plain torch operations (the reference for the fused kernel)
         gi, gg, go = gates.chunk(3, dim=1)
         i = torch.sigmoid(gi)

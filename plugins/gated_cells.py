@@ -1,4 +1,9 @@
-"""Built-in plugin: LSTM variants with no fused kernel, written on the shared cell loop."""
+"""Built-in plugin: the peephole LSTM and CIFG, written on the shared cell loop.
+
+``torch.nn`` has no module for these LSTM variants, so their cells run on
+:class:`harness.cells.CellLoop` with the fused CPU kernels of :mod:`harness.plugins.kernels` for
+their pointwise step (eager equations elsewhere); the module imports nothing until a model is built.
+"""
 
 from harness import hookimpl
 

@@ -1,0 +1,65 @@
+/* Fused CPU kernels for the pointwise step of the built-in peephole-LSTM and CIFG cells.
+
+   Built by harness.plugins.kernels.build with the system C compiler on first use and loaded with
+   ctypes; called from harness.plugins.kernels.ops (torch custom ops "harness::*"). No torch
+   headers: the build takes about a second.
+
+   The kernels live in cell_kernels.h, included here once per precision with REAL (the element
+   type), SUFFIX (the name suffix: f32, f64) and IS_FLOAT (1 for float: use the vectorisable
+   polynomial exp/tanh below; 0: libm) defined. Every exported symbol is NAME_SUFFIX, e.g.
+   peephole_forward_f32. */
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Bumped whenever an exported signature changes; checked by the loader after dlopen. */
+#define HARNESS_CELL_KERNELS_ABI 2
+int harness_cell_kernels_abi(void) { return HARNESS_CELL_KERNELS_ABI; }
+
+/* The exported kernels split the batch rows between the threads of the OpenMP runtime torch
+   itself uses (the loader builds with -fopenmp only where the process already has torch's
+   libgomp.so.1 mapped, so the library links that one), so torch.set_num_threads applies and
+   nothing is oversubscribed; small batches, one thread, or a build without OpenMP: one pass.
+   The per-row work lives in separate functions so that their inner loops vectorise. */
+#ifdef _OPENMP
+#include <omp.h>
+#define FOR_ROW_BLOCKS(B, H, CALL) do {                                          \
+    if ((B) * (H) >= 8192 && omp_get_max_threads() > 1) {                        \
+        _Pragma("omp parallel")                                                  \
+        {                                                                        \
+            int64_t n_ = omp_get_num_threads(), t_ = omp_get_thread_num();       \
+            int64_t b0 = (B) * t_ / n_, b1 = (B) * (t_ + 1) / n_;                \
+            CALL;                                                                \
+        }                                                                        \
+    } else {                                                                     \
+        int64_t b0 = 0, b1 = (B);                                                \
+        CALL;                                                                    \
+    }                                                                            \
+} while (0)
+#else
+#define FOR_ROW_BLOCKS(B, H, CALL) do { int64_t b0 = 0, b1 = (B); CALL; } while (0)
+#endif
+#define ROWS static __attribute__((noinline)) void
+
+/* NAME -> NAME_SUFFIX (two levels so that SUFFIX is expanded first) */
+#define KERNEL_CAT_(name, suffix) name##_##suffix
+#define KERNEL_CAT(name, suffix) KERNEL_CAT_(name, suffix)
+#define FN(name) KERNEL_CAT(name, SUFFIX)
+
+#define REAL float
+#define SUFFIX f32
+#define IS_FLOAT 1
+#include "cell_kernels.h"
+#undef REAL
+#undef SUFFIX
+#undef IS_FLOAT
+
+#define REAL double
+#define SUFFIX f64
+#define IS_FLOAT 0
+#include "cell_kernels.h"
+#undef REAL
+#undef SUFFIX
+#undef IS_FLOAT
