@@ -1,4 +1,4 @@
-"""Peephole LSTM and CIFG cells (equations in SPEC §3), both on :class:`harness.cells.CellLoop`.
+"""Peephole LSTM and CIFG cells (equations in docs/models.md), both on :class:`harness.cells.CellLoop`.
 
 On the CPU, ``step`` runs the fused kernels of :mod:`harness.plugins.kernels` (the operators
 ``harness::peephole_step`` and ``harness::cifg_step``: same equations, one pass forward and one
@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
-from harness.plugins import kernels
 from torch import nn
 
 from harness.cells import CellLoop, GatedCell, State
+from harness.plugins import kernels
+from harness.plugins.initialisation import check_init, set_gate_biases
 
 
 class _FusedCell(GatedCell):
@@ -34,16 +35,15 @@ class PeepholeLSTMCell(_FusedCell):
     num_gates = 4
     state_size = 2
 
-    def __init__(self, input_size: int, hidden_size: int, peepholes: bool = True,
-                 forget_bias: float = 1.0) -> None:
+    def __init__(self, input_size: int, hidden_size: int, peepholes: bool = True, forget_bias: float = 1.0,
+                 init: str = "default", t_max: int | None = None) -> None:
         self.peepholes = peepholes
+        check_init(init)
         super().__init__(input_size, hidden_size)
         if peepholes:
             bound = 1.0 / math.sqrt(hidden_size)
             self.peephole_weights = nn.Parameter(torch.empty(3, hidden_size).uniform_(-bound, bound))
-        with torch.no_grad():
-            self.bias_ih[self.gate_slice(1)] = forget_bias
-            self.bias_hh[self.gate_slice(1)] = 0.0
+        set_gate_biases(self.bias_ih, self.bias_hh, hidden_size, {"input": 0, "forget": 1}, init, forget_bias, t_max)
 
     def step(self, gates: torch.Tensor, state: State) -> State:
         _, c = state
@@ -73,11 +73,12 @@ class CIFGCell(_FusedCell):
     num_gates = 3
     state_size = 2
 
-    def __init__(self, input_size: int, hidden_size: int, input_bias: float = -1.0) -> None:
+    def __init__(self, input_size: int, hidden_size: int, forget_bias: float = 1.0, init: str = "default",
+                 t_max: int | None = None) -> None:
+        check_init(init)
         super().__init__(input_size, hidden_size)
-        with torch.no_grad():
-            self.bias_ih[self.gate_slice(0)] = input_bias
-            self.bias_hh[self.gate_slice(0)] = 0.0
+        # f = 1 - i, so a forget bias b is an input-gate bias -b (1 - σ(-b) = σ(b))
+        set_gate_biases(self.bias_ih, self.bias_hh, hidden_size, {"coupled": 0}, init, forget_bias, t_max)
 
     def step(self, gates: torch.Tensor, state: State) -> State:
         _, c = state
@@ -90,10 +91,15 @@ class CIFGCell(_FusedCell):
         return torch.sigmoid(go) * torch.tanh(c), c
 
 
-def build_peephole(input_size: int, hidden_size: int = 128, peepholes: bool = True,
-                   forget_bias: float = 1.0) -> CellLoop:
-    return CellLoop(PeepholeLSTMCell(input_size, hidden_size, peepholes, forget_bias))
+def build_peephole(input_size: int, hidden_size: int = 128, peepholes: bool = True, forget_bias: float = 1.0,
+                   init: str = "default", chrono_max: int | None = None, length: int | None = None) -> CellLoop:
+    """``init="chrono"`` sets the gate biases for dependencies up to ``chrono_max`` (default: the
+    trial's length T) and ignores ``forget_bias``."""
+    return CellLoop(PeepholeLSTMCell(input_size, hidden_size, peepholes, forget_bias, init, chrono_max or length))
 
 
-def build_cifg(input_size: int, hidden_size: int = 128, input_bias: float = -1.0) -> CellLoop:
-    return CellLoop(CIFGCell(input_size, hidden_size, input_bias))
+def build_cifg(input_size: int, hidden_size: int = 128, forget_bias: float = 1.0, init: str = "default",
+               chrono_max: int | None = None, length: int | None = None) -> CellLoop:
+    """``forget_bias`` is the bias of the effective forget value 1 − i: the input gate gets −forget_bias
+    (1 gives σ(1), as the LSTM); ``init="chrono"``: input-gate biases −log u, u ~ U[1, T_max − 1]."""
+    return CellLoop(CIFGCell(input_size, hidden_size, forget_bias, init, chrono_max or length))

@@ -22,7 +22,7 @@ import torch
 INITS = ("default", "chrono")
 
 
-def check_init(init: str, forget_bias: float | None = None) -> None:
+def check_init(init: str) -> None:
     if init not in INITS:
         raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
 

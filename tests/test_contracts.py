@@ -63,7 +63,7 @@ def test_checks_accept_a_factory_and_reject_a_non_factory():
     from harness.plugins.gated_cell_models import build_cifg
     from harness.tasks.recall import LongGapRecall
 
-    check_model(build_cifg, options={"input_bias": 0.0})
+    check_model(build_cifg, options={"forget_bias": 0.0})
     check_task(LongGapRecall, length=3)
     with pytest.raises(TypeError, match="expected a registered model name"):
         check_model(42)
@@ -660,7 +660,7 @@ def test_the_registered_items_are_every_subject_times_every_check():
 def test_items_for_entries_factories_and_subjects_with_options():
     from harness.plugins.gated_cell_models import build_cifg
 
-    cifg = Subject(build_cifg, id="cifg-open", hidden_size=5, options={"input_bias": 0.0}, device="cpu")
+    cifg = Subject(build_cifg, id="cifg-open", hidden_size=5, options={"forget_bias": 0.0}, device="cpu")
     mark = parametrize_with_checks(models=[get_state().models.get("lstm"), GoodRNN, cifg],
                                    tasks=[GoodTask, Subject("recall", length=3, samples=1024)])
     ids = [i for i, _, _ in _items(mark)]

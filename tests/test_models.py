@@ -404,7 +404,7 @@ def test_peephole_forget_bias_is_one():
     assert total[:H].std() > 0 and total[2 * H:].std() > 0
 
 
-def test_cifg_input_gate_bias_is_minus_one():
+def test_cifg_input_gate_bias_is_minus_one_for_a_forget_bias_of_one():
     torch.manual_seed(20)
     cell = _build("cifg", input_size=IN, hidden_size=H).cell
     total = (cell.bias_ih + cell.bias_hh).detach()
@@ -457,6 +457,34 @@ def test_gru_chrono_sets_the_update_gate():
     r, z, n = _gate_totals(model.rnn.bias_ih_l0, model.rnn.bias_hh_l0, 3)
     _assert_log_uniform(z, 100)  # h_t = (1 - z) n + z h_{t-1}: z plays the forget role
     assert r.abs().max() == 0 and n.abs().max() == 0
+
+
+def test_peephole_and_cifg_chrono_follow_the_formula():
+    torch.manual_seed(23)
+    big = 2000
+    peephole = _build("peephole", input_size=IN, hidden_size=big, init="chrono", length=300).cell
+    i, f, g, o = _gate_totals(peephole.bias_ih, peephole.bias_hh, 4)
+    _assert_log_uniform(f, 300)
+    torch.testing.assert_close(i, -f)
+    assert g.abs().max() == 0 and o.abs().max() == 0 and peephole.bias_hh.abs().max() == 0
+    cifg = _build("cifg", input_size=IN, hidden_size=big, init="chrono", length=300).cell
+    i, g, o = _gate_totals(cifg.bias_ih, cifg.bias_hh, 3)
+    _assert_log_uniform(-i, 300)  # f = 1 - i: the input gate carries -log u
+    assert g.abs().max() == 0 and o.abs().max() == 0
+
+
+def test_forget_bias_on_every_lstm_family_model():
+    for name in ("lstm", "bilstm", "peephole", "cifg"):
+        torch.manual_seed(24)
+        model = _build(name, input_size=IN, hidden_size=H, forget_bias=3.0)
+        if name == "cifg":
+            total = (model.cell.bias_ih + model.cell.bias_hh).detach()[:H]
+            torch.testing.assert_close(1 - torch.sigmoid(total), torch.sigmoid(torch.full((H,), 3.0)))
+        else:
+            cell = model.cell if name == "peephole" else None
+            ih = cell.bias_ih if cell is not None else model.rnn.bias_ih_l0
+            hh = cell.bias_hh if cell is not None else model.rnn.bias_hh_l0
+            torch.testing.assert_close((ih + hh).detach()[H:2 * H], torch.full((H,), 3.0))
 
 
 def test_chrono_needs_a_length_and_rejects_unknown_inits():
