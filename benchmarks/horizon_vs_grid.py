@@ -48,7 +48,7 @@ def main() -> int:
         "adaptive": ["harness", "horizon", *base, "--min-length", "5", "--max-length", "1000", "--resolution", "1.25",
                      "--out", str(out / "adaptive")],
     }
-    for name, command in commands.items():
+    for command in commands.values():
         print("$", " ".join(command), file=sys.stderr)
         subprocess.run(command, check=False, stdout=subprocess.DEVNULL)
     return summarise(out)
@@ -72,7 +72,7 @@ def summarise(out: Path) -> int:
     print(f"training steps: grid {steps['grid']:.0f}, adaptive {steps['adaptive']:.0f}, "
           f"ratio {steps['grid'] / steps['adaptive']:.2f}")
     agree = []
-    for (model, seed), row in table.iterrows():
+    for _, row in table.iterrows():
         brackets = [(row[("horizon", n)], row[("first_fail", n)]) for n in ("grid", "adaptive")]
         agree.append(_overlap(*brackets))
     print(f"horizon brackets overlap in {sum(agree)} of {len(agree)} series")

@@ -120,7 +120,8 @@ def _library_autograd_variant() -> Step:
     lib = torch.library.Library("harness_bench_la", "DEF")
     _LIBRARIES.append(lib)  # the operators live as long as their Library object
     lib.define("forward(Tensor gates, Tensor c_prev, Tensor p) -> (Tensor, Tensor, Tensor)")
-    lib.define("backward(Tensor gh, Tensor gc, Tensor s, Tensor c_prev, Tensor c, Tensor p) -> (Tensor, Tensor, Tensor)")
+    lib.define("backward(Tensor gh, Tensor gc, Tensor s, Tensor c_prev, Tensor c, Tensor p) "
+               "-> (Tensor, Tensor, Tensor)")
     lib.impl("forward", _forward, "CPU")
     lib.impl("backward", _backward, "CPU")
     torch.library.register_fake("harness_bench_la::forward", _fake_forward, lib=lib)

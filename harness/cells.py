@@ -14,7 +14,7 @@ its gradient stacked and reduced again, which costs more memory traffic than the
 concatenation of a few inputs (see docs/performance.md). The inputs are unbound once; indexing
 ``x[:, t]`` inside the loop would make the backward pass quadratic in the length.
 
-A cell may run its step some other way than its eager equations (the built-in peephole and CIFG
+A cell may run its step some other way than its eager equations (the built-in gated cells
 cells use fused CPU kernels from their plugin); it says so in an ``implementation`` attribute,
 which :attr:`CellLoop.implementation` reports for result provenance. This module knows nothing
 about any such kernels.

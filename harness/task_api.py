@@ -45,6 +45,7 @@ class Task(ABC):
     #: slowly at the usual 1e-3 may declare another, measured, rate (the adding problem: 1e-2).
     default_lr: ClassVar[float] = 1e-3
     min_length: ClassVar[int] = 1
+    length: int  # the dependency length T this task was built for
     #: What counts as remembering at a length (``harness horizon``, horizons in reports): see
     #: ``harness.analysis.criteria``. The default, a score 90 % of the way from chance to perfect,
     #: suits any task with a score and a chance level; regression tasks may prefer ``loss:0.1``.

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
+from harness.plugins import kernels
+from harness.plugins.initialisation import check_init, set_gate_biases
 from torch import nn
 
 from harness.cells import CellLoop, GatedCell, State
-from harness.plugins import kernels
-from harness.plugins.initialisation import check_init, set_gate_biases
 
 
 class _FusedCell(GatedCell):

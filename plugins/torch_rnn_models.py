@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from harness.plugins.initialisation import check_init, set_gate_biases
+from torch import nn
 
 _MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 #: Gate blocks in torch.nn's layout: LSTM i, f, g, o; GRU r, z, n (z plays the forget role).

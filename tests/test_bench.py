@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from harness.runs.bench import BenchConfig, format_report, measure_peak_in_child, run_bench
 from harness.cli import main
+from harness.runs.bench import BenchConfig, format_report, measure_peak_in_child, run_bench
 from tests import plugin_sources as src
 
 TINY = ["--lengths", "3,5", "--batch-size", "4", "--hidden-size", "8", "--input-size", "3",

@@ -1,6 +1,6 @@
 """The fused CPU kernels of the built-in cells against their eager equations, and the fallbacks.
 
-``tests/test_models.py`` checks the cells against float64 references of the SPEC equations with
+``tests/test_models.py`` checks the cells against float64 references of the equations (docs/models.md) with
 whatever path is active (the fused kernels where a C compiler is available); here the fused and
 eager paths are compared directly, forward and backward, and the switches are exercised.
 """

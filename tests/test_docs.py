@@ -103,7 +103,8 @@ def test_every_plugin_setting_is_documented():
     for variable in variables:
         assert variable in DOC, f"{variable} is not documented in docs/plugins.md"
     listing = build_parser()._subparsers._group_actions[0].choices["models"]
-    options = {s for a in listing._actions for s in a.option_strings if s.startswith("--") and s not in ("--help", "--json")}
+    options = {s for a in listing._actions for s in a.option_strings
+               if s.startswith("--") and s not in ("--help", "--json")}
     assert options == {"--plugin", "--strict-plugins"}
     for option in options:
         assert f"`{option}" in DOC, f"{option} is not documented in docs/plugins.md"

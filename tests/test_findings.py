@@ -11,9 +11,6 @@ fails if a model, the task, seeding or the training loop is broken.
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 from harness.runs.spec import TrialSpec
 from harness.runs.training import run_trial
 

@@ -11,7 +11,6 @@ import json
 import math
 
 import pandas as pd
-import pytest
 
 from harness.cli import main
 from harness.runs.horizon import Series, _search

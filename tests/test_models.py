@@ -12,11 +12,11 @@ import math
 
 import pytest
 import torch
+from harness.plugins.gated_cell_models import build_cifg, build_peephole
 from torch import nn
 
 from harness.model_api import READOUTS, TaskModel
 from harness.registry.loader import get_state
-from harness.plugins.gated_cell_models import build_cifg, build_peephole
 
 IN, H, B, T = 3, 5, 4, 7
 ATOL32 = 1e-5

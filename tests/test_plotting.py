@@ -19,13 +19,19 @@ import pytest
 
 mpl_image = pytest.importorskip("matplotlib.image")
 
-from harness.errors import HarnessError  # noqa: E402
 from harness.analysis.plotting import (  # noqa: E402
-    confidence_halfwidth, cost_figure, learning_curves_figure, loss_figure, model_style, plot_runs,
-    score_figure, steps_figure,
+    _save,  # noqa: E402  (the writer behind plot_runs)
+    confidence_halfwidth,
+    cost_figure,
+    learning_curves_figure,
+    loss_figure,
+    model_style,
+    plot_runs,
+    score_figure,
+    steps_figure,
 )
-from harness.analysis.plotting import _save  # noqa: E402  (the writer behind plot_runs)
 from harness.analysis.results import load_curves, load_results  # noqa: E402
+from harness.errors import HarnessError  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHANCE = {"copy": 0.125, "recall": 0.2}

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from harness.errors import HarnessError, PluginError
-from harness.registry.loader import BUILTIN_PLUGINS, get_state, load_plugins
 from harness.registry.entries import Entry, Registry
+from harness.registry.loader import BUILTIN_PLUGINS, get_state, load_plugins
 from tests import plugin_sources as src
 
 BUILTIN_MODELS = ["bilstm", "cifg", "gru", "lstm", "peephole", "rnn"]

@@ -128,7 +128,8 @@ def test_plugin_errors_and_divergence_are_contained(tmp_path, failing_plugin, ca
     (["--models", "lstm", "--task", "adding", "--seeds", "0"], "0 is not a positive integer"),
     (["--models", "lstm", "--task", "adding", "--steps", "0"], "steps: 0 is not a positive integer"),
     (["--models", "lstm", "--task", "adding", "--steps", "adding=ten"], "steps.adding: 'ten' is not an integer"),
-    (["--models", "lstm", "--task", "adding", "--steps", "adds=10"], "steps: unknown task 'adds'; did you mean 'adding'"),
+    (["--models", "lstm", "--task", "adding", "--steps", "adds=10"],
+     "steps: unknown task 'adds'; did you mean 'adding'"),
     (["--models", "lstm", "--task", "adding", "--steps", "=10"], "steps: '=10' is not TASK=VALUE"),
     (["--models", "lstm", "--task", "adding", "--threshold", "1.5"], "threshold: 1.5 is not in (0, 1]"),
     (["--models", "lstm", "--task", "adding", "--device", "tpu"], "unknown device 'tpu'"),
@@ -206,7 +207,7 @@ def test_per_task_budgets_from_file_and_command_line(tmp_path):
         "recall": [10], "adding": [adding_default]}
     # The command line overrides the file; a different budget for the same folder is refused.
     assert run_cli("--config", str(config), *grid, "--steps", "recall=30") == 2
-    assert run_cli("--config", str(config), *grid, "--steps", "recall=10,adding=%d" % adding_default) == 0
+    assert run_cli("--config", str(config), *grid, "--steps", f"recall=10,adding={adding_default}") == 0
     # A budget for a known task outside the sweep is not used (one file can serve every task).
     assert run_cli(*grid, "--task", "recall", "--steps", "recall=10,copy=5") == 0
 

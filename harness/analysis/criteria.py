@@ -17,8 +17,9 @@ A trial at length T *passes* when its final held-out (test) result meets the cri
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from harness.errors import HarnessError
 
@@ -33,7 +34,7 @@ class Criterion:
     level: float | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "Criterion":
+    def parse(cls, text: str) -> Criterion:
         kind, _, level = str(text).strip().lower().partition(":")
         if kind not in KINDS:
             raise HarnessError(f"unknown criterion '{text}'; choose default, solved, normalised[:LEVEL] or "

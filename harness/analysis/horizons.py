@@ -49,7 +49,8 @@ def one_seed(rows: pd.DataFrame, criterion: str) -> dict[str, Any]:
         if last is None:
             estimate, censored = float(first_fail), "below"
         else:
-            estimate = _crossing((horizon, check.metric(last)), (first_fail, check.metric(record)), check.target(record))
+            estimate = _crossing((horizon, check.metric(last)), (first_fail, check.metric(record)),
+                                 check.target(record))
         break
     if first_fail is None:
         estimate, censored = float(horizon), "above"

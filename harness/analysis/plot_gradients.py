@@ -8,6 +8,7 @@ geometric mean over seeds) with the seeds' range as a band.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -42,7 +43,7 @@ def gradients_figure(run_dirs: list[Path]) -> Figure:
                     ax.set_xlabel("distance d from the scored position")
                 if c == 0:
                     ax.set_ylabel("‖∂L/∂x_{τ−d}‖ / ‖∂L/∂x_τ‖")
-        handles = [Line2D([], [], color=model_style(m)["color"], linewidth=1.8, label=m) for m in models]
+        handles: list[Any] = [Line2D([], [], color=model_style(m)["color"], linewidth=1.8, label=m) for m in models]
         handles.append(matplotlib.patches.Patch(color="0.5", alpha=0.3, label="range over seeds"))
         _legend(grid[0][-1], handles)
         fig.suptitle("Gradient flow: how much the loss at the scored step depends on inputs d steps earlier")

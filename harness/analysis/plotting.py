@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -27,9 +28,16 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from harness.errors import HarnessError
 from harness.analysis.results import axes as setting_axes
-from harness.analysis.results import describe_settings, load_curves, load_results, model_order, select_best, valid_trials
+from harness.analysis.results import (
+    describe_settings,
+    load_curves,
+    load_results,
+    model_order,
+    select_best,
+    valid_trials,
+)
+from harness.errors import HarnessError
 
 __all__ = ["plot_runs", "model_style", "score_figure", "loss_figure", "steps_figure",
            "learning_curves_figure", "cost_figure", "confidence_halfwidth", "FIGURE_NAMES"]
@@ -45,7 +53,7 @@ _FALLBACK_MARKERS = ("X", "*", "h", "p", "<", ">", "d", "8")
 
 _REFERENCE_COLOUR = "0.3"
 _PANEL_WIDTH, _PANEL_HEIGHT, _LEGEND_WIDTH = 4.0, 3.3, 1.9
-_RC = {
+_RC: Any = {  # matplotlib rcParams (typed loosely: its stubs want literal keys)
     "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 10,
     "ytick.labelsize": 10, "legend.fontsize": 10, "figure.titlesize": 12,
     "axes.spines.top": False, "axes.spines.right": False,
@@ -179,8 +187,9 @@ def _reference(ax, frame: pd.DataFrame, column: str, label: str, gid: str) -> No
         ax.plot(values.index.to_numpy(dtype=float), values.to_numpy(), **style)
 
 
-def _model_handles(models: list[str]) -> list[Line2D]:
-    return [Line2D([], [], linewidth=1.8, markersize=6, label=m, **model_style(m)) for m in models]
+def _model_handles(models: list[str]) -> list[Any]:
+    return [Line2D([], [], linewidth=1.8, markersize=6, label=m, color=model_style(m)["color"],
+                   marker=model_style(m)["marker"]) for m in models]
 
 
 def _legend(ax, handles: list) -> None:
@@ -224,8 +233,8 @@ def _mean_lines(ax, trials: pd.DataFrame, column: str, models: list[str],
     return any_band, any_seeds
 
 
-def _statistic_handles(any_band: bool, any_seeds: bool) -> list:
-    handles = []
+def _statistic_handles(any_band: bool, any_seeds: bool) -> list[Any]:
+    handles: list[Any] = []
     if any_band:
         handles.append(Patch(color="0.5", alpha=0.3, label="95% CI (t)"))
     if any_seeds:

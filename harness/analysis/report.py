@@ -16,8 +16,15 @@ import pandas as pd
 
 from harness.analysis import horizons as H
 from harness.analysis.criteria import describe
-from harness.analysis.results import (axes, describe_settings, load_results, model_order, select_best,
-                                      setting_columns, valid_trials)
+from harness.analysis.results import (
+    axes,
+    describe_settings,
+    load_results,
+    model_order,
+    select_best,
+    setting_columns,
+    valid_trials,
+)
 from harness.errors import HarnessError
 
 REPORT_FORMATS = ("markdown", "csv", "json")
@@ -40,7 +47,8 @@ def normalised_auc(lengths: list[float], scores: list[float]) -> float:
     return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0)) / float(x[-1] - x[0])
 
 
-def prepare(run_dirs: list[Path], select: str = "all", threshold: float | None = None) -> tuple[pd.DataFrame, list[str]]:
+def prepare(run_dirs: list[Path], select: str = "all",
+            threshold: float | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Load the folders, apply ``--select`` and ``--threshold``; return the rows and the axes."""
     if select not in ("all", "best"):
         raise HarnessError(f"--select '{select}': choose all or best")
@@ -122,7 +130,8 @@ def _task_block(task: str, rows: pd.DataFrame, select: str) -> list[str]:
         horizon = "–"
         if "horizon" in trials and trials["horizon"].notna().any():
             horizon = H.format_horizon({"median": trials["horizon"].iloc[0], "low": trials["horizon_low"].iloc[0],
-                                        "high": trials["horizon_high"].iloc[0], "bound": trials["horizon_bound"].iloc[0],
+                                        "high": trials["horizon_high"].iloc[0],
+                                        "bound": trials["horizon_bound"].iloc[0],
                                         "unbounded_by_construction": bool(trials["unbounded_by_construction"].iloc[0])})
         auc = normalised_auc(list(trials["length"]), list(trials["score_mean"]))
         body.append([str(label), *cells, horizon, f"{auc:.3f}" if math.isfinite(auc) else "–",

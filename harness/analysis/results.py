@@ -20,8 +20,8 @@ empty ``config_id`` and no validation numbers.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd

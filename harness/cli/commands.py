@@ -41,9 +41,9 @@ def listing(args: argparse.Namespace) -> int:
             record["options"], record["accepts_any_option"], record["error"] = _options(entry)
         print(json.dumps(records, indent=2, default=repr))
         return 0
-    rows = [(r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else ""), r["plugin"],
+    table = [(r["name"] + (f" ({', '.join(r['aliases'])})" if r["aliases"] else ""), r["plugin"],
              f"{r['distribution'] or '-'} {r['version'] or ''}".strip(), r["description"]) for r in records]
-    print_table((registry.kind, "plugin", "distribution", "description"), rows)
+    print_table((registry.kind, "plugin", "distribution", "description"), table)
     return 0
 
 
@@ -69,8 +69,10 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 # Sweeps: run, horizon, gradients
 
 
-def sweep_config(args: argparse.Namespace, roles: tuple[str, ...]) -> Any:
-    """Settings from defaults < --config FILE < the command line, checked."""
+def sweep_config(args: argparse.Namespace, roles: tuple[str, ...], search: bool = False) -> Any:
+    """Settings from defaults < --config FILE < the command line, checked. In the length search
+    (``search``) a trial stops, unless told otherwise, once its validation result passes the
+    search's criterion: it has shown that it remembers at that length."""
     from harness.runs.config import SweepConfig, load_config_file
     from harness.runs.options import parse_items
 
@@ -78,6 +80,8 @@ def sweep_config(args: argparse.Namespace, roles: tuple[str, ...]) -> Any:
     raw.update(S.values_from_args(args, roles))
     raw["model_options"] = parse_items(args.model_opt, "--model-opt", raw.get("model_options"))
     raw["task_options"] = parse_items(args.task_opt, "--task-opt", raw.get("task_options"))
+    if search and raw.get("early_stop") is None:
+        raw["early_stop"] = raw.get("criterion", "default")
     return SweepConfig.from_raw(raw, roles)
 
 
@@ -128,7 +132,7 @@ def horizon(args: argparse.Namespace) -> int:
     tune_malloc()
     from harness.runs.horizon import run_horizon
 
-    config = sweep_config(args, (S.GRID, S.TRIAL, S.RUN, S.SEARCH))
+    config = sweep_config(args, (S.GRID, S.TRIAL, S.RUN, S.SEARCH), search=True)
     outcome, out = run_horizon(config, progress=not args.quiet, announce=_announce)
     if not args.no_plot and outcome.ran:
         draw_figures(out)

@@ -141,12 +141,14 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                "measured in a fresh process per model and length; on CUDA torch.cuda.max_memory_allocated.\n"
                "Allocator tuning applies as in 'harness run' (HARNESS_MALLOC=default turns it off).")
     bench.add_argument("--models", metavar="LIST", help="comma list of models (default: every registered model)")
-    bench.add_argument("--lengths", metavar="LIST", default="50,200,1000", help="sequence lengths T (default: 50,200,1000)")
+    bench.add_argument("--lengths", metavar="LIST", default="50,200,1000",
+                       help="sequence lengths T (default: 50,200,1000)")
     bench.add_argument("--batch-size", type=int, default=128, metavar="N", help="batch size (default: 128)")
     bench.add_argument("--hidden-size", type=int, default=128, metavar="N", help="hidden units H (default: 128)")
     bench.add_argument("--input-size", type=int, default=10, metavar="N", help="input features (default: 10)")
     bench.add_argument("--device", default="auto", metavar="DEV", help="auto|cpu|cuda[:N]|mps (default: auto)")
-    bench.add_argument("--repeats", type=int, default=5, metavar="N", help="timed steps per model and length (default: 5)")
+    bench.add_argument("--repeats", type=int, default=5, metavar="N",
+                       help="timed steps per model and length (default: 5)")
     bench.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed steps first (default: 2)")
     bench.add_argument("--threads", type=int, metavar="N",
                        help="torch threads (default: every core; 'harness run' gives each worker cores // workers)")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Union
+from typing import Any
 
 from harness.errors import HarnessError, PluginError
 
-Target = Union[str, Callable[..., Any]]
+Target = str | Callable[..., Any]
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 OUTPUT_SIZE = 8
 DEFAULT_LENGTHS = (50, 200, 1000)
@@ -194,7 +195,7 @@ def measure_peak_here(name: str, config: BenchConfig, length: int) -> float:
     if rss is not None:
         for _ in range(steps):
             subject.step()
-        return (_status_kib("VmHWM") - rss) / 1024
+        return ((_status_kib("VmHWM") or rss) - rss) / 1024
     before = _rusage_peak_kib()
     for _ in range(steps):
         subject.step()

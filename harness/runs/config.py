@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.runs import settings as S
@@ -36,7 +37,7 @@ class SweepConfig:
         self._values = dict(values)
 
     @classmethod
-    def from_raw(cls, raw: dict[str, Any], roles: Sequence[str] = (S.GRID, S.TRIAL, S.RUN)) -> "SweepConfig":
+    def from_raw(cls, raw: dict[str, Any], roles: Sequence[str] = (S.GRID, S.TRIAL, S.RUN)) -> SweepConfig:
         return cls(S.normalise(raw, roles))
 
     def __getattr__(self, name: str) -> Any:
@@ -50,7 +51,7 @@ class SweepConfig:
     def get(self, name: str, default: Any = None) -> Any:
         return self._values.get(name, default)
 
-    def replace(self, **changes: Any) -> "SweepConfig":
+    def replace(self, **changes: Any) -> SweepConfig:
         return SweepConfig({**self._values, **changes})
 
     def as_dict(self) -> dict[str, Any]:

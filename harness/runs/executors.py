@@ -21,7 +21,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Iterator, Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from harness.runs.environment import available_cores
 from harness.runs.spec import TrialSpec
@@ -283,7 +284,7 @@ class ProcessPoolExecutor:
             lost = [*self.queue]
             self.queue.clear()
             for other in [w for w in self.workers if w.spec is not None]:
-                lost.append(other.spec)
+                lost.append(other.spec)  # type: ignore[arg-type]  # filtered above
                 other.stop(kill=True)
                 self.workers.remove(other)
             self._abandoned = [error_outcome(s, f"not run: worker processes keep dying ({why})") for s in lost]

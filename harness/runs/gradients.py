@@ -4,7 +4,8 @@ For a batch of the task's own sequences (a seed stream of its own), we compute t
 scored position(s), backpropagate it, and record ‖∂L/∂x_t‖ (the norm over input features, for the
 loss of one sequence, averaged over the batch) against the distance d = τ − t from the scored
 position τ (the last step for tasks read at the end; for tasks scored at several positions, the
-first of them, so that every earlier input reaches every scored output through at least d steps). For a linear recurrence h_t = a h_{t−1} + x_t this is |a|^d times its value
+first of them, so that every earlier input reaches every scored output through at least d steps).
+For a linear recurrence h_t = a h_{t−1} + x_t this is |a|^d times its value
 at d = 0, so the slope of log-norm against d, the *decay rate*, is log|a| per step.
 
 The measurement runs on a float64 copy of the model, so that norms far below float32's range
@@ -48,7 +49,7 @@ def input_gradients(model: TaskModel, task: Task, batch: Batch) -> tuple[torch.T
     """Per position, the batch mean of ‖∂L_b/∂x_t‖ (and of ‖∂L_b/∂h_t‖ when the model exposes h_t),
     in float64, with L_b the loss of one sequence at its scored positions."""
     measured = copy.deepcopy(model).double().eval()
-    core = measured.core
+    core: Any = measured.core  # any model; CellLoop-like ones expose keep_states/states
     keeps = hasattr(core, "keep_states")
     if keeps:
         core.keep_states = True

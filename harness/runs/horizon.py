@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -83,11 +84,8 @@ def _check_search(config: SweepConfig) -> None:
 
 
 def plan_search(config: SweepConfig) -> SweepPlan:
-    """The plan of the first trial of every series (lengths checked up to ``max_length``). Unless
-    ``--early-stop`` says otherwise, a trial stops once its validation result passes the criterion."""
+    """The plan of the first trial of every series (lengths checked up to ``max_length``)."""
     _check_search(config)
-    if config.early_stop == [None]:
-        config = config.replace(early_stop=[config.criterion])
     plan = plan_sweep(config.replace(lengths=[config.min_length]))
     longest = plan_sweep(config.replace(lengths=[config.max_length], seeds=config.seeds[:1]))
     plan.broken_tasks.update(longest.broken_tasks)
@@ -95,7 +93,8 @@ def plan_search(config: SweepConfig) -> SweepPlan:
     return plan
 
 
-def run_horizon(config: SweepConfig, progress: bool, announce: Callable[[SweepPlan, str], None]) -> tuple[SweepOutcome, Path]:
+def run_horizon(config: SweepConfig, progress: bool,
+                announce: Callable[[SweepPlan, str], None]) -> tuple[SweepOutcome, Path]:
     plan = plan_search(config)
     series = [Series(spec, config.growth, config.resolution, config.max_length, config.criterion)
               for spec in plan.specs]

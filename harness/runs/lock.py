@@ -36,7 +36,7 @@ class FolderLock:
         self.command = command
         self._handle: int | None = None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         try:
             import fcntl
         except ImportError:

@@ -2,8 +2,8 @@
 tables of a config file): parsing, checking against each builder's signature, and axes.
 
 A table holds shared options (``forget_bias = 3``: every swept model whose builder takes
-``forget_bias``) and one sub-table per model or task (``[model_options.lstm]``). A list of values
-is an axis of the sweep (``--model-opt lstm:forget_bias=1,3,5``, or ``forget_bias = [1, 3, 5]`` in
+``forget_bias``) and one sub-table per model or task (``[model_options.NAME]``). A list of values
+is an axis of the sweep (``--model-opt NAME:forget_bias=1,3,5``, or ``forget_bias = [1, 3, 5]`` in
 TOML); a bracketed list on the command line is one value (``--model-opt m:sizes=[64,64]``).
 Names resolve aliases; a name that is not in the sweep, or an option the builder does not take,
 is a one-line error before any training.
@@ -16,7 +16,8 @@ import difflib
 import inspect
 import itertools
 import json
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from harness.errors import HarnessError
 from harness.registry.entries import Entry, Registry

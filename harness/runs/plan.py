@@ -2,7 +2,7 @@
 name, length, option and the device before anything trains.
 
 The grid is models × tasks × lengths × seeds, times every axis: a trial setting given several
-values (``--lr 1e-3,1e-2``) or a model/task option given several (``--model-opt lstm:forget_bias=1,3``).
+values (``--lr 1e-3,1e-2``) or a model/task option given several (``--model-opt NAME:forget_bias=1,3``).
 With ``--params N`` each model's hidden size is chosen so that its parameter count is closest to N
 (:mod:`harness.runs.sizing`).
 """
@@ -200,7 +200,7 @@ class _Grid:
         for budget, lr, combo, m_opts, t_opts in itertools.product(
                 budgets, rates, itertools.product(*value_lists), self.model_options[model], self.task_options[task]):
             values = dict(zip((s.name for s in self.scalar_axes), combo))
-            values.update(max_steps=budget, lr=lr, device=self.device, early_stop=values["early_stop"] or "solved")
+            values.update(max_steps=budget, lr=lr, device=self.device)
             m_eff = O.effective(self.models.get(model), m_opts)
             t_eff = O.effective(self.tasks.get(task), t_opts)
             if values["params"] is not None:
@@ -279,10 +279,10 @@ def check_resume(plan: SweepPlan, rows: list[dict[str, Any]]) -> None:
                 problems.append(f"{setting.cli_flag} {_show(before)} -> {_show(now)}"
                                 + (f" for task {task}" if setting.per_task else ""))
     problems += _changed_options(plan, rows)
-    for model, now in plan.implementations.items():
-        before = {r.get("implementation") or "" for r in rows if r["model"] == model} - {""}
-        if now and before and now not in before:
-            problems.append(f"{model} ran on {_show(before)}, now {now}")
+    for model, current in plan.implementations.items():
+        recorded = {r.get("implementation") or "" for r in rows if r["model"] == model} - {""}
+        if current and recorded and current not in recorded:
+            problems.append(f"{model} ran on {_show(recorded)}, now {current}")
     problems = list(dict.fromkeys(problems))
     if problems:
         raise HarnessError(f"output folder {plan.out} holds trials with different settings ({'; '.join(problems)}); "

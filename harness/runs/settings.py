@@ -23,8 +23,9 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from harness.errors import HarnessError
 
@@ -49,7 +50,7 @@ def _number(value: Any, what: str, kind: type) -> float | int:
     if kind is int:
         if not float(value).is_integer():
             raise HarnessError(f"{what}: {value!r} is not an integer")
-        return int(value)
+        return int(float(value))
     return float(value)
 
 
@@ -257,7 +258,7 @@ class Setting:
         if self.default is None:
             return {"max_steps": "each task's own budget", "lengths": "each task's own sweep",
                     "lr": "each task's own, 1e-3 unless it declares another (adding: 1e-2)",
-                    "early_stop": "solved for run, the search criterion for horizon",
+
                     "models": "the models registered for the default sweep",
                     "tasks": "the tasks registered for the default sweep"}.get(self.name, "none")
         if isinstance(self.default, bool):
@@ -291,10 +292,12 @@ def _split_axis(raw: Any) -> list[Any]:
 
 SETTINGS: tuple[Setting, ...] = (
     # -- the grid ---------------------------------------------------------------------------------
-    Setting("models", name_list, None, "comma list of models", GRID, metavar="LIST", example=["lstm", "gru"]),
-    Setting("tasks", name_list, None, "comma list of tasks", GRID, metavar="LIST", aliases=("--task",), example=["recall"]),
+    Setting("models", name_list, None, "comma list of models", GRID, metavar="LIST", example=["model_a", "model_b"]),
+    Setting("tasks", name_list, None, "comma list of tasks", GRID, metavar="LIST", aliases=("--task",),
+            example=["recall"]),
     Setting("lengths", length_list, None, "comma list of dependency lengths T (a config file may "
-            "give a table with one list per task)", GRID, metavar="LIST", per_task=True, aliases=("--length",), example=[7, 9]),
+            "give a table with one list per task)", GRID, metavar="LIST", per_task=True, aliases=("--length",),
+            example=[7, 9]),
     Setting("seeds", seed_list, 2, "a count N (seeds 0..N-1) or a comma list", GRID, metavar="N|LIST", example=[3, 5]),
     # -- how each trial trains --------------------------------------------------------------------
     Setting("max_steps", positive_int, None, "training budget in steps (training stops early once "
@@ -306,7 +309,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("params", positive_int, None, "choose each model's H so that its parameter count "
             "(recurrent core and head) is closest to N", TRIAL, metavar="N", axis=True,
             column="params_target", example=5000),
-    Setting("lr", positive_float, None, "Adam learning rate; a list is an axis (--lr 1e-3,1e-2)", TRIAL, axis=True, example=0.02),
+    Setting("lr", positive_float, None, "Adam learning rate; a list is an axis (--lr 1e-3,1e-2)", TRIAL,
+            axis=True, example=0.02),
     Setting("clip", positive_float, 1.0, "gradient-norm clipping, after backward() and before the step",
             TRIAL, axis=True, example=0.5),
     Setting("eval_every", positive_int, 100, "evaluate every N steps", TRIAL, metavar="N", axis=True, example=3),
@@ -314,7 +318,7 @@ SETTINGS: tuple[Setting, ...] = (
             TRIAL, metavar="N", axis=True, example=33),
     Setting("threshold", fraction, 0.99, "score that counts as solved (a trial stops once its validation "
             "score reaches it, with --early-stop solved)", TRIAL, axis=True, example=0.9),
-    Setting("early_stop", stop_rule, None, "when a trial stops before its budget: solved (validation score "
+    Setting("early_stop", stop_rule, "solved", "when a trial stops before its budget: solved (validation score "
             ">= threshold), never, or a horizon criterion met on validation: default, normalised[:LEVEL], "
             "loss[:FRACTION] (default: solved for run, the search criterion for horizon)", TRIAL,
             metavar="RULE", axis=True, example="never"),
@@ -393,7 +397,8 @@ def add_arguments(parser: argparse.ArgumentParser, roles: Sequence[str], skip: I
             parser.add_argument(setting.cli_flag, dest=setting.name, action="store_true", default=None,
                                 help=help_text)
             continue
-        parser.add_argument(setting.cli_flag, *setting.aliases, dest=setting.name, metavar=setting.metavar, default=None, help=help_text)
+        parser.add_argument(setting.cli_flag, *setting.aliases, dest=setting.name, metavar=setting.metavar,
+                            default=None, help=help_text)
 
 
 def values_from_args(args: argparse.Namespace, roles: Sequence[str]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from harness.runs import settings as S
 
@@ -42,7 +43,7 @@ class TrialSpec:
     @classmethod
     def build(cls, model: str, task: str, length: int, seed: int, values: Mapping[str, Any],
               model_options: Mapping[str, Any] | None = None, task_options: Mapping[str, Any] | None = None,
-              axes: tuple[str, ...] = ()) -> "TrialSpec":
+              axes: tuple[str, ...] = ()) -> TrialSpec:
         """A spec from a mapping of trial-setting values; settings left out take their defaults."""
         complete = {s.name: values.get(s.name, s.default) for s in S.trial_settings()}
         unknown = set(values) - set(complete)
@@ -63,7 +64,7 @@ class TrialSpec:
     def values(self) -> dict[str, Any]:
         return dict(self.settings)
 
-    def replace(self, **changes: Any) -> "TrialSpec":
+    def replace(self, **changes: Any) -> TrialSpec:
         """A copy with some settings (or length/seed) changed."""
         grid = {k: changes.pop(k) for k in ("model", "task", "length", "seed") if k in changes}
         values = {**self.values, **changes}
@@ -81,7 +82,7 @@ class TrialSpec:
 
     @property
     def label(self) -> str:
-        """``lstm recall T=10 seed=0``, with the values of the sweep's axes when it has any."""
+        """``mymodel recall T=10 seed=0``, with the values of the sweep's axes when it has any."""
         extras = []
         for name in self.axes:
             if name.startswith("model:"):

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ def stop_signals() -> Iterator[None]:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -141,7 +141,8 @@ class Recorder:
     """Writes each outcome as it arrives and keeps the progress bar and the list of failures."""
 
     def __init__(self, folder: RunFolder, total: int, skipped: int, progress: bool) -> None:
-        self.folder, self.failed, self.ran = folder, [], 0
+        self.folder, self.ran = folder, 0
+        self.failed: list[str] = []
         self.bar = _progress_bar(total, skipped, progress)
 
     def __call__(self, outcome: TrialOutcome, label: str) -> None:

@@ -15,7 +15,7 @@ import random
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -111,7 +111,7 @@ def base_row(spec: TrialSpec) -> dict[str, Any]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def error_outcome(spec: TrialSpec, message: str) -> TrialOutcome:
@@ -260,7 +260,7 @@ class _GradientProbe:
             self.measure(0)
 
     @classmethod
-    def maybe(cls, training: Training, outcome: TrialOutcome) -> "_GradientProbe | None":
+    def maybe(cls, training: Training, outcome: TrialOutcome) -> _GradientProbe | None:
         at = getattr(training.spec, "grad_at", None)
         if not at:
             return None

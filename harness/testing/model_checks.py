@@ -83,7 +83,8 @@ class ModelContext:
 
     @property
     def output_size(self) -> int:
-        return int(self.model.output_size)
+        size: Any = self.model.output_size  # checked by the "build" check
+        return int(size)
 
     @cached_property
     def reference(self) -> tuple[nn.Module, Outputs]:
@@ -198,9 +199,11 @@ def check_gradients(ctx: ModelContext) -> None:
 
 def _check_time_steps_reached(ctx: ModelContext, x: torch.Tensor, readout: str) -> None:
     """The summary depends on the first and last step; the features depend on every step."""
-    if x.grad is None:
+    grad = x.grad
+    if grad is None:
         fail(ctx.label, f"the outputs do not depend differentiably on the inputs (readout '{readout}')")
-    step_grads = x.grad.abs().sum(dim=(0, 2))
+        return
+    step_grads = grad.abs().sum(dim=(0, 2))
     if readout == "last":
         for step, where in ((0, "first"), (ctx.length - 1, "last")):
             if not step_grads[step] > 0:
@@ -216,12 +219,14 @@ def _check_parameters_reached(ctx: ModelContext, task_model: nn.Module, readout:
     for name, param in task_model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.grad is None:
+        grad = param.grad
+        if grad is None:
             fail(ctx.label, f"no gradient reaches parameter '{name}' (readout '{readout}'): it does not "
                             f"take part in the forward pass")
-        if not torch.isfinite(param.grad).all():
+            return
+        if not torch.isfinite(grad).all():
             fail(ctx.label, f"non-finite gradient for parameter '{name}' (readout '{readout}')")
-        if not param.grad.abs().sum() > 0:
+        if not grad.abs().sum() > 0:
             fail(ctx.label, f"the gradient of parameter '{name}' is zero (readout '{readout}')")
 
 
@@ -334,7 +339,7 @@ def _full_float32() -> Iterator[None]:
     torch.nn recurrent module differs from the CPU by more than the 1e-4 the device check allows.
     The check asks whether the model computes the same function there, not at which precision.
     """
-    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    flags: tuple[Any, ...] = (torch.backends.cuda.matmul, torch.backends.cudnn)
     saved = [flag.allow_tf32 for flag in flags]
     try:
         for flag in flags:
@@ -393,7 +398,9 @@ def _device_target(name: str) -> str | None:
 def _lookup(name: str) -> Callable[[ModelContext], None]:
     if name in _FIXED:
         return _FIXED[name]
-    return partial(check_device, target=_device_target(name))
+    target = _device_target(name)
+    assert target is not None, name
+    return partial(check_device, target=target)
 
 
 def select_model_checks(checks: str | Iterable[str] | None, device: str | None = None) -> list[str]:

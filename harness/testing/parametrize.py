@@ -136,7 +136,7 @@ def _check_subject(subject: Any, kind: str, seen: dict[str, Any]) -> str:
     target, kwargs = _unpack(subject)
     function = _KINDS[kind][0]
     try:
-        inspect.signature(function).bind(target, **kwargs)
+        inspect.signature(function).bind(target, **kwargs)  # type: ignore[arg-type]
     except TypeError as exc:
         raise TypeError(f"{subject!r}: these are not arguments of {function.__name__}(): {exc}") from None
     sid = subject.id if isinstance(subject, Subject) else _name_of(subject)

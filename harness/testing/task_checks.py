@@ -136,6 +136,7 @@ def _check_defaults(ctx: TaskContext) -> None:
     defaults = getattr(ctx.task, "default_lengths", None)
     if not defaults or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in defaults):
         fail(ctx.label, f"default_lengths must be a non-empty sequence of integers, got {defaults!r}")
+        return
     for n in defaults:
         try:
             ctx.build(n)
@@ -151,7 +152,7 @@ def _check_baselines(ctx: TaskContext) -> None:
     """chance_score in [0, 1], a finite memoryless_loss, and describe() reporting both."""
     task = ctx.task
     chance, memoryless = task.chance_score, task.memoryless_loss
-    if not (isinstance(chance, numbers.Real) and 0.0 <= chance <= 1.0):
+    if not (isinstance(chance, numbers.Real) and 0.0 <= float(chance) <= 1.0):
         fail(ctx.label, f"chance_score must be a number in [0, 1], got {chance!r}")
     if not (isinstance(memoryless, numbers.Real) and math.isfinite(memoryless)):
         fail(ctx.label, f"memoryless_loss must be a finite number, got {memoryless!r}")

@@ -15,9 +15,9 @@ SIGBUS). Every build is compiled in a scratch folder, renamed into place atomica
 described by a sidecar ``<library>.sha256`` (SHA-256 and size, also renamed into place). Before
 loading, the file's bytes are hashed and compared with the sidecar, and the file is loaded only if
 it is still the file that was hashed. A library that does not verify is rebuilt; one that
-verifies but does not load is rebuilt too; after loading, its ABI number is checked. Concurrent builders are serialised by
-an advisory lock on the cache folder (where the platform has one); without it, the atomic renames
-still leave only complete files, and the build is deterministic, so the worst case is a rebuild.
+verifies but does not load is rebuilt too; after loading, its ABI number is checked. Concurrent
+builders are serialised by an advisory lock on the cache folder (where the platform has one); without
+it, the atomic renames still leave only complete files, and the build is deterministic, so the worst case is a rebuild.
 If anything fails, :func:`status` says why, one warning line goes to stderr, and the cells use
 their eager equations: a kernel problem never stops a run.
 """
@@ -154,7 +154,7 @@ def _writable_cache_dir() -> Path:
         fallback.mkdir(mode=0o700, exist_ok=True)
         info = fallback.stat()
     except OSError as exc:
-        raise KernelsUnavailable(f"cache folder {directory} is not usable ({problem}), nor {fallback}: {exc}")
+        raise KernelsUnavailable(f"cache folder {directory} is not usable ({problem}), nor {fallback}: {exc}") from None
     # another user's (or a shared, writable) folder must not supply code that this process runs
     if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022):
         raise KernelsUnavailable(f"cache folder {directory} is not usable ({problem}); "

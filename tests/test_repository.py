@@ -1,0 +1,104 @@
+"""Facts about the repository and its packaging that must stay true as the code changes."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILTIN_MODELS = ("rnn", "lstm", "gru", "peephole", "cifg", "coupled", "bilstm")
+
+
+def tracked_files() -> list[Path]:
+    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip("not a git checkout")
+    return [ROOT / line for line in out.stdout.splitlines() if (ROOT / line).is_file()]
+
+
+def test_no_reference_to_an_outside_spec_document():
+    """The docs state every definition themselves and cite the papers."""
+    offenders = []
+    for path in tracked_files():
+        if path.suffix in (".png", ".pdf", ".svg") or path.name == "test_repository.py":
+            continue
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        offenders += [f"{path.relative_to(ROOT)}:{i}" for i, line in enumerate(text.splitlines(), 1)
+                      if re.search(r"\bSPEC\b", line)]
+    assert not offenders, offenders
+
+
+def test_no_core_module_names_a_built_in_model():
+    """Display order, styles, the default sweep and the bench reference come from registrations."""
+    pattern = re.compile(r"\b(" + "|".join(BUILTIN_MODELS) + r")\b")
+    offenders = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in (ROOT / "harness").rglob("*.py")
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not offenders, offenders
+
+
+def test_no_function_in_the_core_is_longer_than_100_lines():
+    long = []
+    for path in (ROOT / "harness").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 100:
+                long.append(f"{path.relative_to(ROOT)}:{node.name}")
+    assert not long, long
+
+
+def test_declared_metadata():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "recurrent-harness"  # `harness` on the package index is another project
+    assert project["requires-python"] == ">=3.11"  # tomllib
+    pandas = next(d for d in project["dependencies"] if d.startswith("pandas"))
+    assert tuple(int(x) for x in pandas.split(">=")[1].split(".")[:2]) >= (2, 1)  # DataFrame.map
+    example = tomllib.loads((ROOT / "examples" / "harness-mgu" / "pyproject.toml").read_text())["project"]
+    assert any(d.startswith("recurrent-harness") for d in example["dependencies"])
+    assert not any(re.match(r"harness\b(?!-)", d) for d in example["dependencies"])
+
+
+def test_the_wheel_holds_every_module_and_no_generic_top_level_name(tmp_path):
+    """Every package and the kernels' C source are in the wheel; only `harness` is a top-level name."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True)
+    (wheel,) = tmp_path.glob("recurrent_harness-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert tops == {"harness"}
+    sources = {f"harness/{p.relative_to(ROOT / 'harness').as_posix()}" for p in (ROOT / "harness").rglob("*.py")}
+    sources |= {f"harness/plugins/{p.relative_to(ROOT / 'plugins').as_posix()}" for p in (ROOT / "plugins").rglob("*")
+                if p.suffix in (".py", ".c", ".h")}
+    sources |= {f"harness/tasks/{p.name}" for p in (ROOT / "tasks").glob("*.py")}
+    assert sources <= set(names), sorted(sources - set(names))
+
+
+@pytest.mark.parametrize("folder", ["results/reference", "results/ablations/lstm-forget-bias-3"])
+def test_committed_runs_resume_with_nothing_to_train(folder, tmp_path):
+    """Folders written by harness 0.1 keep their identities: the command that made them finds every
+    trial done (and is not refused as a change of settings)."""
+    import shutil
+
+    from harness.registry.loader import get_state
+    from harness.runs import settings as S
+    from harness.runs.config import SweepConfig, load_config_file
+    from harness.runs.plan import check_resume, plan_sweep, row_key
+    from harness.runs.schema import FINISHED
+    from harness.runs.store import ResultStore
+
+    copy = tmp_path / "run"
+    shutil.copytree(ROOT / folder, copy)
+    roles = (S.GRID, S.TRIAL, S.RUN)
+    raw = load_config_file(ROOT / "results/reference/config.toml", roles)
+    if "ablations" in folder:
+        raw.update(models=["lstm"], tasks=["recall"], lengths=[40, 80], model_options={"lstm": {"forget_bias": 3}})
+    plan = plan_sweep(SweepConfig.from_raw({**raw, "out": str(copy)}, roles))
+    state = get_state()
+    store = ResultStore(copy, key=row_key(state.models, state.tasks))
+    check_resume(plan, list(store.rows.values()))
+    assert [s.label for s in plan.specs if store.status(s.key) not in FINISHED] == []
