@@ -85,14 +85,16 @@ def sweep_config(args: argparse.Namespace, roles: tuple[str, ...], search: bool 
     return SweepConfig.from_raw(raw, roles)
 
 
-def _announce(plan: Any, what: str) -> None:
+def _announce(plan: Any, what: str, grid: bool = True) -> None:
     axes = f" × axes {', '.join(plan.axes)}" if plan.axes else ""
     if plan.config.get("executor") == "ray":
         where = f"Ray ({plan.config.ray_address or 'a local instance'})"
     else:
         where = "in this process" if plan.workers == 0 else f"{plan.workers} worker(s)"
-    print(f"harness: {what} ({len(plan.models)} model(s) × {sum(len(v) for v in plan.lengths.values())} task "
-          f"lengths × {len(plan.config.seeds)} seeds{axes}) on {plan.device}, {where} → {plan.out}", file=sys.stderr)
+    lengths = (f" × {sum(len(v) for v in plan.lengths.values())} task lengths" if grid
+               else f" × {len(plan.tasks)} task(s)")
+    print(f"harness: {what} ({len(plan.models)} model(s){lengths} × {len(plan.config.seeds)} seeds{axes}) on "
+          f"{plan.device}, {where} → {plan.out}", file=sys.stderr)
 
 
 def _finish(outcome: Any, out: Path) -> int:
@@ -133,7 +135,8 @@ def horizon(args: argparse.Namespace) -> int:
     from harness.runs.horizon import run_horizon
 
     config = sweep_config(args, (S.GRID, S.TRIAL, S.RUN, S.SEARCH), search=True)
-    outcome, out = run_horizon(config, progress=not args.quiet, announce=_announce)
+    outcome, out = run_horizon(config, progress=not args.quiet,
+                               announce=lambda plan, what: _announce(plan, what, grid=False))
     if not args.no_plot and outcome.ran:
         draw_figures(out)
     return _finish(outcome, out)
