@@ -78,12 +78,28 @@ def _registered_styles() -> dict[str, dict[str, str]]:
         return {}
 
 
+_LINESTYLES = ("-", "--", ":", "-.")
+#: With ``--select all``, the settings drawn per model (``"lstm"`` -> ``["lr=0.001", "lr=0.01"]``),
+#: so that a model keeps its colour and its settings differ by line style; set by :func:`plot_runs`.
+_VARIANTS: dict[str, list[str]] = {}
+
+
 def model_style(name: str) -> dict[str, str]:
     """Colour and marker of a model, the same in every figure and every process.
 
     A model whose plugin registered a ``style`` has it; any other name (or a missing part) gets one
     chosen by a SHA-256 hash of the name (not Python's salted ``hash``), stable across invocations.
+    A line for one setting of a model (``"lstm lr=0.01"``) has the model's colour and a line style
+    of its own.
     """
+    base, _, variant = name.partition(" ")
+    if variant:
+        style = model_style(base)
+        variants = _VARIANTS.get(base, [variant])
+        index = variants.index(variant) if variant in variants else 0
+        style["linestyle"] = _LINESTYLES[index % len(_LINESTYLES)]
+        style["marker"] = _FALLBACK_MARKERS[index % len(_FALLBACK_MARKERS)] if index else style["marker"]
+        return style
     digest = hashlib.sha256(name.encode("utf-8")).digest()
     style = {"color": _FALLBACK_COLOURS[int.from_bytes(digest[:4], "big") % len(_FALLBACK_COLOURS)],
              "marker": _FALLBACK_MARKERS[int.from_bytes(digest[4:8], "big") % len(_FALLBACK_MARKERS)]}
@@ -189,7 +205,7 @@ def _reference(ax, frame: pd.DataFrame, column: str, label: str, gid: str) -> No
 
 def _model_handles(models: list[str]) -> list[Any]:
     return [Line2D([], [], linewidth=1.8, markersize=6, label=m, color=model_style(m)["color"],
-                   marker=model_style(m)["marker"]) for m in models]
+                   marker=model_style(m)["marker"], linestyle=model_style(m).get("linestyle", "-")) for m in models]
 
 
 def _legend(ax, handles: list) -> None:
@@ -585,7 +601,11 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, formats: tuple[
     chosen = select or ("best" if names else "all")
     results = select_best(results) if chosen == "best" else results
     if chosen == "all" and names:  # one line per (model, setting)
-        results = results.assign(model=results["model"] + " " + describe_settings(results, names))
+        labels = describe_settings(results, names)
+        _VARIANTS.clear()
+        for model, variant in sorted(set(zip(results["model"], labels))):
+            _VARIANTS.setdefault(model, []).append(variant)
+        results = results.assign(model=results["model"] + " " + labels)
     written += _save(score_figure(results), out, "score_vs_length", formats)
     written += _save(loss_figure(results), out, "loss_vs_length", formats)
     written += _save(steps_figure(results), out, "steps_to_solve", formats)

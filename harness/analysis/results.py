@@ -126,7 +126,8 @@ def load_curves(run_dirs: list[Path], results: pd.DataFrame | None = None) -> pd
 
 
 def model_order(models: Iterable[str]) -> list[str]:
-    """Models in the order their plugins registered (``order=``), then every other name sorted."""
+    """Models in the order their plugins registered (``order=``), then every other name sorted; a
+    model's settings (``"lstm lr=0.01"``) follow their model."""
     names = set(models)
     try:
         from harness.registry.loader import get_state
@@ -134,7 +135,13 @@ def model_order(models: Iterable[str]) -> list[str]:
         ordered = [e.name for e in get_state().models.ordered() if e.order is not None]
     except Exception:  # reports never fail for want of a plugin
         ordered = []
-    return [m for m in ordered if m in names] + sorted(names.difference(ordered))
+    rank = {name: i for i, name in enumerate(ordered)}
+
+    def key(name: str) -> tuple[int, str, str]:  # "lstm lr=0.01" sorts with lstm, then by its setting
+        base, _, variant = name.partition(" ")
+        return (rank.get(base, len(rank)), base if base not in rank else "", variant)
+
+    return sorted(names, key=key)
 
 
 def valid_trials(results: pd.DataFrame) -> pd.DataFrame:
