@@ -300,8 +300,8 @@ SETTINGS: tuple[Setting, ...] = (
             example=[7, 9]),
     Setting("seeds", seed_list, 2, "a count N (seeds 0..N-1) or a comma list", GRID, metavar="N|LIST", example=[3, 5]),
     # -- how each trial trains --------------------------------------------------------------------
-    Setting("max_steps", positive_int, None, "training budget in steps (training stops early once "
-            "solved); one value, a list (an axis), or per task: recall=1000,adding=3000", TRIAL,
+    Setting("max_steps", positive_int, None, "training budget in steps (a trial may stop earlier: "
+            "--early-stop); one value, a list (an axis), or per task: recall=1000,adding=3000", TRIAL,
             metavar="N|TASK=N,...", axis=True, per_task=True, flag="--steps", key="steps", example=7),
     Setting("batch_size", positive_int, 64, "training batch size", TRIAL, metavar="N", axis=True, example=9),
     Setting("hidden_size", positive_int, 128, "hidden units H (ignored with --params)", TRIAL,
@@ -320,7 +320,7 @@ SETTINGS: tuple[Setting, ...] = (
             "score reaches it, with --early-stop solved)", TRIAL, axis=True, example=0.9),
     Setting("early_stop", stop_rule, "solved", "when a trial stops before its budget: solved (validation score "
             ">= threshold), never, or a horizon criterion met on validation: default, normalised[:LEVEL], "
-            "loss[:FRACTION] (default: solved for run, the search criterion for horizon)", TRIAL,
+            "loss[:FRACTION] (default: solved; in harness horizon, the search criterion)", TRIAL,
             metavar="RULE", axis=True, example="never"),
     Setting("device", text, "auto", "auto|cpu|cuda[:N]|mps", TRIAL, metavar="DEV", example="cpu"),
     Setting("grad_at", step_list, None, "measure gradient flow at these training steps (0: at "
@@ -392,7 +392,9 @@ def add_arguments(parser: argparse.ArgumentParser, roles: Sequence[str], skip: I
     for setting in by_role(*roles):
         if setting.name in skipped:
             continue
-        help_text = f"{setting.help} (default: {setting.default_text()})"
+        help_text = setting.help
+        if "(default:" not in help_text:
+            help_text += f" (default: {setting.default_text()})"
         if setting.boolean:
             parser.add_argument(setting.cli_flag, dest=setting.name, action="store_true", default=None,
                                 help=help_text)
