@@ -204,8 +204,12 @@ def _reference(ax, frame: pd.DataFrame, column: str, label: str, gid: str) -> No
 
 
 def _model_handles(models: list[str]) -> list[Any]:
-    return [Line2D([], [], linewidth=1.8, markersize=6, label=m, color=model_style(m)["color"],
-                   marker=model_style(m)["marker"], linestyle=model_style(m).get("linestyle", "-")) for m in models]
+    handles = []
+    for m in models:
+        style: Any = model_style(m)
+        handles.append(Line2D([], [], linewidth=1.8, markersize=6, label=m, color=style["color"],
+                              marker=style["marker"], linestyle=style.get("linestyle", "-")))
+    return handles
 
 
 def _legend(ax, handles: list) -> None:
