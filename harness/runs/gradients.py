@@ -55,7 +55,8 @@ def input_gradients(model: TaskModel, task: Task, batch: Batch) -> tuple[torch.T
         core.keep_states = True
     targets = batch.targets.double() if batch.targets.is_floating_point() else batch.targets
     double_batch = Batch(batch.inputs.double().requires_grad_(True), targets, batch.mask)
-    with torch.enable_grad():
+    # cuDNN's recurrent kernels have no backward in eval mode; the native ones do (same equations)
+    with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
         outputs = measured(double_batch.inputs)
         loss = task.loss(outputs, double_batch) * len(batch)  # per-sequence losses, summed
         (grad_outputs,) = torch.autograd.grad(loss, outputs, retain_graph=True)
