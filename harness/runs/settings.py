@@ -54,39 +54,21 @@ def _number(value: Any, what: str, kind: type) -> float | int:
     return float(value)
 
 
-def positive_int(value: Any, what: str) -> int:
-    number = int(_number(value, what, int))
-    if number <= 0:
-        raise HarnessError(f"{what}: {number} is not a positive integer")
-    return number
+def _checked(kind: type, accept: Callable[[float], bool], problem: str) -> Callable[[Any, str], Any]:
+    """A parser of one number of ``kind`` (finite, or a one-line error) that ``accept`` must hold for."""
+    def parse(value: Any, what: str) -> Any:
+        number = _number(value, what, kind)
+        if not accept(number):
+            raise HarnessError(f"{what}: {number!r} {problem}")
+        return number
+    return parse
 
 
-def non_negative_int(value: Any, what: str) -> int:
-    number = int(_number(value, what, int))
-    if number < 0:
-        raise HarnessError(f"{what}: {number} is negative")
-    return number
-
-
-def positive_float(value: Any, what: str) -> float:
-    number = float(_number(value, what, float))
-    if number <= 0:
-        raise HarnessError(f"{what}: {number!r} is not a positive number")
-    return number
-
-
-def fraction(value: Any, what: str) -> float:
-    number = float(_number(value, what, float))
-    if not 0.0 < number <= 1.0:
-        raise HarnessError(f"{what}: {number!r} is not in (0, 1]")
-    return number
-
-
-def ratio_above_one(value: Any, what: str) -> float:
-    number = float(_number(value, what, float))
-    if number <= 1.0:
-        raise HarnessError(f"{what}: {number!r} must be greater than 1")
-    return number
+positive_int = _checked(int, lambda n: n > 0, "is not a positive integer")
+non_negative_int = _checked(int, lambda n: n >= 0, "is negative")
+positive_float = _checked(float, lambda x: x > 0, "is not a positive number")
+fraction = _checked(float, lambda x: 0.0 < x <= 1.0, "is not in (0, 1]")
+ratio_above_one = _checked(float, lambda x: x > 1.0, "must be greater than 1")
 
 
 def text(value: Any, what: str) -> str:
