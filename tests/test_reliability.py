@@ -366,3 +366,20 @@ def test_a_plugin_whose_registrations_were_all_rejected_is_not_loaded(tmp_path, 
     state = load_plugins(entry_points=False, extra=[str(path)])
     info = next(p for p in state.plugins if p.name == str(path))
     assert info.status == "failed" and "every registration" in info.error
+
+
+# -- 9. which implementation ran is recorded, and a resume may not switch it ---------------------------------------
+
+def test_the_kernel_path_is_recorded_and_a_switch_is_refused_on_resume(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "--models", "peephole,lstm", "--task", "recall", *TINY, "--workers", "0", "--out", str(out)]
+    assert harness(*args).returncode == 0
+    results = rows(out).set_index("model")
+    assert set(results.loc["peephole", "implementation"]) == {"fused-cpu"}
+    assert json.loads((out / "run.json").read_text())["implementations"]["peephole"] == "fused-cpu"
+    refused = harness(*args, env={"HARNESS_FUSED": "0"})  # the eager equations differ around the 8th digit
+    assert refused.returncode == 2
+    assert "peephole ran on fused-cpu, now eager" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    fresh = harness(*args[:-1], str(tmp_path / "eager"), env={"HARNESS_FUSED": "0"})
+    assert fresh.returncode == 0 and set(rows(tmp_path / "eager").query("model == 'peephole'")["implementation"]) == {
+        "eager: HARNESS_FUSED=0"}
