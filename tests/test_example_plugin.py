@@ -43,7 +43,7 @@ def local_plugin_env(monkeypatch):
 
 def test_example_declares_a_harness_entry_point():
     assert PYPROJECT["project"]["entry-points"]["harness"] == {"mgu": "harness_mgu.plugin"}
-    assert any(dep.startswith("harness") for dep in PYPROJECT["project"]["dependencies"])
+    assert any(dep.startswith("recurrent-harness") for dep in PYPROJECT["project"]["dependencies"])
 
 
 def test_plugin_module_imports_no_torch():

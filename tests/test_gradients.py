@@ -98,6 +98,23 @@ def test_gradients_command_writes_csv_figure_and_decay_rates(tmp_path, capsys):
     assert main(["report", str(out)]) == 0 and "gradient flow" in capsys.readouterr().out
 
 
+def test_points_and_settings_are_kept_apart(tmp_path):
+    """``--at 0,end`` gives two labelled measurements per trial, and an option axis gives one line per
+    setting (``lstm init=chrono``): chrono's gradient decays more slowly than the default's at init."""
+    out = tmp_path / "g"
+    assert main(["gradients", "--models", "lstm", "--task", "recall", "--length", "40", "--seeds", "1",
+                 "--at", "0,end", "--model-opt", "init=default,chrono", "--steps", "10", "--eval-every", "5",
+                 "--eval-size", "32", "--hidden-size", "16", "--batch-size", "8", "--workers", "0", "--quiet",
+                 "--out", str(out)]) == 0
+    frame = pd.read_csv(out / "gradients.csv", dtype={"at": str})
+    assert set(frame["at"]) == {"0", "end"} and set(frame.loc[frame["at"] == "end", "step"]) == {10}
+    summary = gradient_summary([out])
+    assert set(summary["at"]) == {"0", "end"} and set(summary["model"]) == {"lstm init=default", "lstm init=chrono"}
+    at_init = summary[summary["at"] == "0"].set_index("model")["decay_rate"]
+    assert at_init["lstm init=default"] < at_init["lstm init=chrono"] < 0
+    assert (out / "gradients.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_gradients_of_a_third_party_model(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_PLUGINS", "none")
     monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN.parents[1]))

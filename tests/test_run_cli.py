@@ -188,7 +188,7 @@ forget_bias = 0.0
     results = pd.read_csv(tmp_path / "run" / "results.csv").set_index("model")
     assert set(results["steps"]) == {10} and set(results["seed"]) == {4}
     assert json.loads(results.loc["lstm", "model_options"])["forget_bias"] == 0.0  # every option is recorded
-    assert "forget_bias" not in json.loads(results.loc["cifg", "model_options"])
+    assert json.loads(results.loc["cifg", "model_options"])["forget_bias"] == 1.0  # lstm's option stays with lstm
 
 
 def test_per_task_budgets_from_file_and_command_line(tmp_path):

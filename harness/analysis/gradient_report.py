@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.analysis.results import _concat, model_order
+from harness.analysis.results import _concat, axes, describe_settings, load_results, model_order
 from harness.runs.gradients import decay_rate
 
 FALL = 1e-6
@@ -25,16 +25,33 @@ NUMERIC = ("step", "distance", "grad_norm", "rel_norm", "state_grad_norm")
 
 
 def load_gradients(run_dirs: list[Path]) -> pd.DataFrame:
+    """gradients.csv of several folders, with ``at`` (the requested point) and ``label``: the model,
+    and its setting when the folders' results have axes (``mycell init=chrono``)."""
+    keys = ["model", "task", "length", "seed", "config_id"]
     frame = _concat([Path(d) for d in run_dirs], "gradients.csv", ("model", "task", "length", "seed", "step",
                                                                      "distance", "grad_norm"))
     if frame is None:
-        return pd.DataFrame(columns=["model", "task", "length", "seed", "config_id", *NUMERIC])
+        return pd.DataFrame(columns=[*keys, "at", "label", *NUMERIC])
     for column in NUMERIC:
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    latest = frame.groupby(["model", "task", "length", "seed", "config_id"])["_run"].transform("max")
-    frame = frame[frame["_run"] == latest]
-    return frame.drop_duplicates(["model", "task", "length", "seed", "config_id", "step", "distance"], keep="last")
+    frame["at"] = frame["at"].astype(str) if "at" in frame else frame["step"].astype(int).astype(str)
+    latest = frame.groupby(keys)["_run"].transform("max")
+    frame = frame[frame["_run"] == latest].drop_duplicates([*keys, "at", "distance"], keep="last")
+    return frame.assign(label=_labels(run_dirs, frame))
+
+
+def _labels(run_dirs: list[Path], frame: pd.DataFrame) -> pd.Series:
+    """The model name, followed by its setting where the results of these folders have axes."""
+    folders = [d for d in run_dirs if (Path(d) / "results.csv").is_file()]
+    if not folders:
+        return frame["model"]
+    results = load_results(folders)
+    names = axes(results)
+    if not names:
+        return frame["model"]
+    settings = dict(zip(results["config_id"], describe_settings(results, names)))
+    return frame["model"] + frame["config_id"].map(lambda c: f" {settings[c]}" if settings.get(c) else "")
 
 
 def fall_distance(distances: np.ndarray, rel: np.ndarray, slope: float) -> tuple[float, bool]:
@@ -54,26 +71,40 @@ def fall_distance(distances: np.ndarray, rel: np.ndarray, slope: float) -> tuple
 
 
 def gradient_summary(run_dirs: list[Path]) -> pd.DataFrame:
-    """Per (model, task, length, step): decay rate and 10⁶-fall distance, mean and spread over seeds."""
+    """Per (task, length, requested point, model and setting): the decay rate and the 10⁶-fall distance,
+    mean and spread over seeds, and the training steps the measurements were taken at."""
     frame = load_gradients(run_dirs)
     rows = []
-    for (model, task, length, seed, config, step), g in frame.groupby(
-            ["model", "task", "length", "seed", "config_id", "step"]):
+    for (label, task, length, seed, at), g in frame.groupby(["label", "task", "length", "seed", "at"]):
         distances, rel = g["distance"].to_numpy(float), g["rel_norm"].to_numpy(float)
         slope = decay_rate(list(distances), list(rel))
         fall, extrapolated = fall_distance(distances, rel, slope)
-        rows.append({"model": model, "task": task, "length": int(length), "seed": int(seed), "config_id": config,
-                     "step": int(step), "decay_rate": slope, "distance_1e6": fall, "extrapolated": extrapolated})
+        rows.append({"model": label, "task": task, "length": int(length), "seed": int(seed), "at": at,
+                     "step": int(g["step"].iloc[0]), "decay_rate": slope, "distance_1e6": fall,
+                     "extrapolated": extrapolated})
     per_seed = pd.DataFrame(rows)
     if per_seed.empty:
         return per_seed
-    summary = per_seed.groupby(["task", "length", "step", "model", "config_id"], sort=False).agg(
+    summary = per_seed.groupby(["task", "length", "at", "model"], sort=False).agg(
         decay_rate=("decay_rate", "mean"), decay_rate_std=("decay_rate", "std"),
         distance_1e6=("distance_1e6", lambda v: float(np.exp(np.mean(np.log(v)))) if np.all(v > 0) else math.nan),
-        extrapolated=("extrapolated", "any"), seeds=("seed", "nunique")).reset_index()
+        extrapolated=("extrapolated", "any"), seeds=("seed", "nunique"),
+        step_min=("step", "min"), step_max=("step", "max")).reset_index()
     order = {m: i for i, m in enumerate(model_order(summary["model"]))}
-    return summary.sort_values(["task", "length", "step", "model"],
-                               key=lambda c: c.map(order) if c.name == "model" else c).reset_index(drop=True)
+    points = {a: (0, int(a)) if a.isdigit() else (1, 0) for a in summary["at"]}
+    return summary.sort_values(["task", "length", "at", "model"],
+                               key=lambda c: c.map(order) if c.name == "model" else
+                               c.map(points) if c.name == "at" else c).reset_index(drop=True)
+
+
+def point_title(at: str, step_min: int, step_max: int) -> str:
+    """``at initialisation``, ``after 200 steps`` or ``at the end of training (steps 650–1500)``."""
+    if at == "0":
+        return "at initialisation"
+    if at == "end":
+        steps = f"step {step_min}" if step_min == step_max else f"steps {step_min}–{step_max}"
+        return f"at the end of training ({steps})"
+    return f"after {at} steps" + (f" (or the last step, {step_min})" if step_min != int(at) else "")
 
 
 def _distance_text(value: float, extrapolated: bool) -> str:
@@ -90,8 +121,9 @@ def format_gradient_summary(summary: pd.DataFrame, fmt: str = "markdown") -> str
     if summary.empty:
         return "(no gradient measurements)\n"
     lines = ["## gradient flow: ‖∂L/∂x_t‖ against distance d from the scored position", ""]
-    for (task, length, step), rows in summary.groupby(["task", "length", "step"], sort=False):
-        lines += [f"### {task}, T = {length}, {'at initialisation' if step == 0 else f'after {step} steps'}", "",
+    for (task, length, at), rows in summary.groupby(["task", "length", "at"], sort=False):
+        title = point_title(at, int(rows["step_min"].min()), int(rows["step_max"].max()))
+        lines += [f"### {task}, T = {length}, {title}", "",
                   "| model | decay rate per step (ln) | distance where the norm fell 10⁶× | seeds |",
                   "|---|--:|--:|--:|"]
         for row in rows.itertuples():

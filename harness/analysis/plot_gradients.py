@@ -1,8 +1,9 @@
 """The gradient-flow figure: ‖∂L/∂x_t‖ relative to its value at the scored position, against the
 distance d, on a log scale: a straight line falling with slope = the decay rate per step.
 
-One panel per training step measured (columns) and per (task, T) (rows); one line per model (the
-geometric mean over seeds) with the seeds' range as a band.
+One panel per requested point (columns: at initialisation, after N steps, at the end of training)
+and per (task, T) (rows); one line per model and setting (the geometric mean over seeds) with the
+seeds' range as a band. A model's settings share its colour and differ by line style.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from harness.analysis.gradient_report import load_gradients
-from harness.analysis.plotting import _LEGEND_WIDTH, _PANEL_HEIGHT, _PANEL_WIDTH, _RC, _legend, model_style
+from harness.analysis.gradient_report import load_gradients, point_title
+from harness.analysis.plotting import (
+    _LEGEND_WIDTH,
+    _PANEL_HEIGHT,
+    _PANEL_WIDTH,
+    _RC,
+    _legend,
+    model_style,
+    set_variants,
+)
 from harness.analysis.results import model_order
 from harness.errors import HarnessError
 
@@ -26,41 +35,49 @@ def gradients_figure(run_dirs: list[Path]) -> Figure:
     frame = frame[np.isfinite(frame["rel_norm"]) & (frame["rel_norm"] > 0)]
     if frame.empty:
         raise HarnessError("no gradient measurements to plot")
+    labels = model_order(frame["label"])
+    set_variants(labels)
     with matplotlib.rc_context(_RC):
         cases = sorted({(t, int(n)) for t, n in zip(frame["task"], frame["length"])})
-        steps = sorted(frame["step"].astype(int).unique())
-        fig = Figure(figsize=(_PANEL_WIDTH * len(steps) + _LEGEND_WIDTH, _PANEL_HEIGHT * len(cases)),
+        points = sorted(frame["at"].unique(), key=lambda a: (0, int(a)) if a.isdigit() else (1, 0))
+        fig = Figure(figsize=(_PANEL_WIDTH * len(points) + _LEGEND_WIDTH + 0.6, _PANEL_HEIGHT * len(cases)),
                      layout="constrained")
-        grid = fig.subplots(len(cases), len(steps), squeeze=False, sharey=True)
-        models = model_order(frame["model"])
+        grid = fig.subplots(len(cases), len(points), squeeze=False, sharey=True)
         for r, (task, length) in enumerate(cases):
-            for c, step in enumerate(steps):
+            for c, at in enumerate(points):
                 ax = grid[r][c]
-                rows = frame[(frame["task"] == task) & (frame["length"] == length) & (frame["step"] == step)]
-                _panel(ax, rows, models)
-                ax.set_title(f"{task}, T={length}: " + ("at initialisation" if step == 0 else f"step {step}"))
+                rows = frame[(frame["task"] == task) & (frame["length"] == length) & (frame["at"] == at)]
+                _panel(ax, rows, labels)
+                steps = rows["step"].astype(int)
+                title = point_title(at, int(steps.min()), int(steps.max())) if len(rows) else at
+                ax.set_title(f"{task}, T={length}: {title}", fontsize=9)
                 if r == len(cases) - 1:
                     ax.set_xlabel("distance d from the scored position")
                 if c == 0:
                     ax.set_ylabel("‖∂L/∂x_{τ−d}‖ / ‖∂L/∂x_τ‖")
-        handles: list[Any] = [Line2D([], [], color=model_style(m)["color"], linewidth=1.8, label=m) for m in models]
+        handles: list[Any] = []
+        for label in labels:
+            style: Any = model_style(label)
+            handles.append(Line2D([], [], color=style["color"], linestyle=style.get("linestyle", "-"), linewidth=1.8,
+                                  label=label))
         handles.append(matplotlib.patches.Patch(color="0.5", alpha=0.3, label="range over seeds"))
         _legend(grid[0][-1], handles)
         fig.suptitle("Gradient flow: how much the loss at the scored step depends on inputs d steps earlier")
     return fig
 
 
-def _panel(ax, rows, models: list[str]) -> None:
+def _panel(ax: Any, rows: Any, labels: list[str]) -> None:
     ax.set_yscale("log")
-    for model in models:
-        mine = rows[rows["model"] == model]
+    for label in labels:
+        mine = rows[rows["label"] == label]
         if mine.empty:
             continue
         logs = mine.assign(log=np.log(mine["rel_norm"])).groupby("distance")["log"]
         distance = logs.mean().index.to_numpy(dtype=float)
-        colour = model_style(model)["color"]
-        ax.plot(distance, np.exp(logs.mean().to_numpy()), color=colour, linewidth=1.8, gid=f"mean:{model}")
+        style: Any = model_style(label)
+        ax.plot(distance, np.exp(logs.mean().to_numpy()), color=style["color"], linestyle=style.get("linestyle", "-"),
+                linewidth=1.8, gid=f"mean:{label}")
         if mine["seed"].nunique() > 1:
-            ax.fill_between(distance, np.exp(logs.min().to_numpy()), np.exp(logs.max().to_numpy()), color=colour,
-                            alpha=0.18, linewidth=0, gid=f"band:{model}")
+            ax.fill_between(distance, np.exp(logs.min().to_numpy()), np.exp(logs.max().to_numpy()),
+                            color=style["color"], alpha=0.15, linewidth=0, gid=f"band:{label}")
     ax.set_xlim(left=0)

@@ -79,9 +79,19 @@ def _registered_styles() -> dict[str, dict[str, str]]:
 
 
 _LINESTYLES = ("-", "--", ":", "-.")
-#: With ``--select all``, the settings drawn per model (``"lstm"`` -> ``["lr=0.001", "lr=0.01"]``),
-#: so that a model keeps its colour and its settings differ by line style; set by :func:`plot_runs`.
+#: With ``--select all``, the settings drawn per model (``"mycell"`` -> ``["lr=0.001", "lr=0.01"]``),
+#: so that a model keeps its colour and its settings differ by line style; set by :func:`set_variants`.
 _VARIANTS: dict[str, list[str]] = {}
+
+
+def set_variants(labels: Iterable[str]) -> None:
+    """Declare the lines about to be drawn (``"mycell init=chrono"``, ...): each model's settings get
+    line styles in sorted order, the same in every panel of a figure."""
+    _VARIANTS.clear()
+    for label in sorted(set(labels)):
+        model, _, variant = label.partition(" ")
+        if variant:
+            _VARIANTS.setdefault(model, []).append(variant)
 
 
 def model_style(name: str) -> dict[str, str]:
@@ -89,7 +99,7 @@ def model_style(name: str) -> dict[str, str]:
 
     A model whose plugin registered a ``style`` has it; any other name (or a missing part) gets one
     chosen by a SHA-256 hash of the name (not Python's salted ``hash``), stable across invocations.
-    A line for one setting of a model (``"lstm lr=0.01"``) has the model's colour and a line style
+    A line for one setting of a model (``"mycell lr=0.01"``) has the model's colour and a line style
     of its own.
     """
     base, _, variant = name.partition(" ")
@@ -605,11 +615,8 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, formats: tuple[
     chosen = select or ("best" if names else "all")
     results = select_best(results) if chosen == "best" else results
     if chosen == "all" and names:  # one line per (model, setting)
-        labels = describe_settings(results, names)
-        _VARIANTS.clear()
-        for model, variant in sorted(set(zip(results["model"], labels))):
-            _VARIANTS.setdefault(model, []).append(variant)
-        results = results.assign(model=results["model"] + " " + labels)
+        results = results.assign(model=results["model"] + " " + describe_settings(results, names))
+        set_variants(results["model"])
     written += _save(score_figure(results), out, "score_vs_length", formats)
     written += _save(loss_figure(results), out, "loss_vs_length", formats)
     written += _save(steps_figure(results), out, "steps_to_solve", formats)

@@ -127,7 +127,7 @@ def load_curves(run_dirs: list[Path], results: pd.DataFrame | None = None) -> pd
 
 def model_order(models: Iterable[str]) -> list[str]:
     """Models in the order their plugins registered (``order=``), then every other name sorted; a
-    model's settings (``"lstm lr=0.01"``) follow their model."""
+    model's settings (``"mycell lr=0.01"``) follow their model."""
     names = set(models)
     try:
         from harness.registry.loader import get_state
@@ -137,7 +137,7 @@ def model_order(models: Iterable[str]) -> list[str]:
         ordered = []
     rank = {name: i for i, name in enumerate(ordered)}
 
-    def key(name: str) -> tuple[int, str, str]:  # "lstm lr=0.01" sorts with lstm, then by its setting
+    def key(name: str) -> tuple[int, str, str]:  # "mycell lr=0.01" sorts with mycell, then by its setting
         base, _, variant = name.partition(" ")
         return (rank.get(base, len(rank)), base if base not in rank else "", variant)
 
@@ -191,7 +191,22 @@ def describe_settings(results: pd.DataFrame, names: list[str]) -> pd.Series:
     if not names:
         return pd.Series("", index=results.index)
     table = setting_columns(results)[names].astype(str)
-    return table.apply(lambda r: " ".join(f"{n}={v}" for n, v in r.items() if v not in ("", "nan")), axis=1)
+    return table.apply(lambda r: " ".join(f"{_short(n)}={_plain(v)}" for n, v in r.items() if v not in ("", "nan")),
+                       axis=1)
+
+
+def _short(name: str) -> str:
+    """``model:init`` reads as ``init`` in labels (the model is named beside it)."""
+    return name.partition(":")[2] or name
+
+
+def _plain(value: str) -> str:
+    """Option values are stored as JSON: show ``chrono``, not ``"chrono"``."""
+    try:
+        loaded = json.loads(value)
+    except ValueError:
+        return value
+    return loaded if isinstance(loaded, str) else value
 
 
 def select_best(results: pd.DataFrame) -> pd.DataFrame:

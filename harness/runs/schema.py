@@ -47,7 +47,8 @@ CURVE_COLUMNS = (*KEY_COLUMNS, "step", "train_loss", "val_loss", "val_score", "t
                  "elapsed_seconds", *GRADIENT_STAT_COLUMNS)
 
 #: gradients.csv: ‖∂L/∂x_t‖ at each distance d = τ − t from the scored position τ (see harness.runs.gradients).
-GRADIENT_COLUMNS = (*KEY_COLUMNS, "step", "distance", "grad_norm", "rel_norm", "state_grad_norm", "direction")
+#: ``at`` is the requested point (``0``, ``200``, ``end``); ``step`` the training step it was measured at.
+GRADIENT_COLUMNS = (*KEY_COLUMNS, "at", "step", "distance", "grad_norm", "rel_norm", "state_grad_norm", "direction")
 
 STATUSES = ("ok", "diverged", "error")
 FINISHED = ("ok", "diverged")  # statuses a resumed sweep does not run again

@@ -198,7 +198,7 @@ class Training:
             losses_since_eval += 1
             if gradients is not None and gradients.due(step):
                 train_seconds += self._pause(tick)
-                gradients.measure(step)
+                gradients.measure(step, str(step))
                 tick = time.perf_counter()
             if step % spec.eval_every and step != spec.max_steps:
                 continue
@@ -257,7 +257,7 @@ class _GradientProbe:
         self.training, self.outcome, self.steps, self.at_end = training, outcome, steps, at_end
         self.done: set[int] = set()
         if 0 in steps:
-            self.measure(0)
+            self.measure(0, "0")
 
     @classmethod
     def maybe(cls, training: Training, outcome: TrialOutcome) -> _GradientProbe | None:
@@ -270,15 +270,20 @@ class _GradientProbe:
     def due(self, step: int) -> bool:
         return step in self.steps
 
-    def measure(self, step: int) -> None:
+    def measure(self, step: int, at: str) -> None:
+        """Measure now (training step ``step``), for the requested point ``at`` (``0``, ``200``, ``end``)."""
         from harness.runs.gradients import measure_gradients
 
         t = self.training
-        self.outcome.gradients += measure_gradients(t.model, t.task, t.spec, t.device, step)
+        rows = measure_gradients(t.model, t.task, t.spec, t.device, step)
+        self.outcome.gradients += [{**row, "at": at} for row in rows]
         self.done.add(step)
 
     def finish(self, last_step: int) -> None:
-        """Measure at the last step taken when asked for the end, or for steps training never reached."""
-        missing = {s for s in self.steps if s > last_step}
-        if (self.at_end or missing) and last_step not in self.done:
-            self.measure(last_step)
+        """Measure at the last step taken when asked for the end (``at=end``), or for requested steps
+        training never reached (early stop: ``at`` is the largest of them)."""
+        missing = sorted(s for s in self.steps if s > last_step)
+        if self.at_end:
+            self.measure(last_step, "end")
+        elif missing and last_step not in self.done:
+            self.measure(last_step, str(missing[-1]))
