@@ -54,7 +54,7 @@ def gradients_figure(run_dirs: list[Path]) -> Figure:
                 if r == len(cases) - 1:
                     ax.set_xlabel("distance d from the scored position")
                 if c == 0:
-                    ax.set_ylabel("‖∂L/∂x_{τ−d}‖ / ‖∂L/∂x_τ‖")
+                    ax.set_ylabel("gradient norm at distance d / at d = 0")
         handles: list[Any] = []
         for label in labels:
             style: Any = model_style(label)
