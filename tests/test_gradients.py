@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
+from harness.analysis.decay import decay_rate
 from harness.analysis.gradient_report import fall_distance, gradient_summary
 from harness.cli import main
 from harness.model_api import TaskModel
-from harness.runs.gradients import decay_rate, measure_gradients
+from harness.runs.gradients import measure_gradients
 from harness.runs.spec import TrialSpec
 from harness.runs.training import build_task
 

@@ -185,6 +185,7 @@ def test_missing_results_file_is_a_harness_error(tmp_path):
 
 
 def test_report_module_does_not_import_matplotlib_or_torch():
-    code = "import sys, harness.analysis.report; print('matplotlib' in sys.modules, 'torch' in sys.modules)"
+    code = ("import sys, harness.analysis.report, harness.analysis.gradient_report; "
+            "print('matplotlib' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.analysis.decay import decay_rate
 from harness.analysis.results import _concat, axes, describe_settings, load_results, model_order
-from harness.runs.gradients import decay_rate
 
 FALL = 1e-6
 NUMERIC = ("step", "distance", "grad_norm", "rel_norm", "state_grad_norm")

@@ -17,16 +17,16 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from harness.analysis.gradient_report import load_gradients, point_title
-from harness.analysis.plotting import (
-    _LEGEND_WIDTH,
-    _PANEL_HEIGHT,
-    _PANEL_WIDTH,
-    _RC,
-    _legend,
+from harness.analysis.results import model_order
+from harness.analysis.style import (
+    LEGEND_WIDTH,
+    PANEL_HEIGHT,
+    PANEL_WIDTH,
+    RC,
+    figure_legend,
     model_style,
     set_variants,
 )
-from harness.analysis.results import model_order
 from harness.errors import HarnessError
 
 
@@ -37,10 +37,10 @@ def gradients_figure(run_dirs: list[Path]) -> Figure:
         raise HarnessError("no gradient measurements to plot")
     labels = model_order(frame["label"])
     set_variants(labels)
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(RC):
         cases = sorted({(t, int(n)) for t, n in zip(frame["task"], frame["length"])})
         points = sorted(frame["at"].unique(), key=lambda a: (0, int(a)) if a.isdigit() else (1, 0))
-        fig = Figure(figsize=(_PANEL_WIDTH * len(points) + _LEGEND_WIDTH + 0.6, _PANEL_HEIGHT * len(cases)),
+        fig = Figure(figsize=(PANEL_WIDTH * len(points) + LEGEND_WIDTH + 0.6, PANEL_HEIGHT * len(cases)),
                      layout="constrained")
         grid = fig.subplots(len(cases), len(points), squeeze=False, sharey=True)
         for r, (task, length) in enumerate(cases):
@@ -61,7 +61,7 @@ def gradients_figure(run_dirs: list[Path]) -> Figure:
             handles.append(Line2D([], [], color=style["color"], linestyle=style.get("linestyle", "-"), linewidth=1.8,
                                   label=label))
         handles.append(matplotlib.patches.Patch(color="0.5", alpha=0.3, label="range over seeds"))
-        _legend(grid[0][-1], handles)
+        figure_legend(grid[0][-1], handles)
         fig.suptitle("Gradient flow: how much the loss at the scored step depends on inputs d steps earlier")
     return fig
 

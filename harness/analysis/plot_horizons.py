@@ -20,19 +20,19 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from harness.analysis import horizons as H
 from harness.analysis.criteria import describe
-from harness.analysis.plotting import _PANEL_HEIGHT, _RC, _tasks, model_style
 from harness.analysis.results import model_order
+from harness.analysis.style import PANEL_HEIGHT, RC, model_style, tasks_in
 
 
 def horizons_figure(results: pd.DataFrame, criterion: str = "default") -> Figure:
     """One panel per task: models along x, horizon (log T) up; seeds as markers, median and interval."""
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(RC):
         seeds = H.seed_horizons(results.assign(config_id="") if "config_id" in results else results, criterion)
         summary = H.summarise(seeds)
-        tasks = _tasks(results)
+        tasks = tasks_in(results)
         models = model_order(results["model"])
         width = max(4.0, 0.75 * len(models) + 1.5)
-        fig = Figure(figsize=(width * len(tasks), _PANEL_HEIGHT + 0.6), layout="constrained")
+        fig = Figure(figsize=(width * len(tasks), PANEL_HEIGHT + 0.6), layout="constrained")
         axes = fig.subplots(1, len(tasks), squeeze=False)[0]
         for ax, task in zip(axes, tasks):
             _panel(ax, seeds[seeds["task"] == task], summary[summary["task"] == task], models,

@@ -12,7 +12,6 @@ model name as label; reference lines have ``gid`` ``"chance"``, ``"memoryless"``
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Iterable
@@ -37,6 +36,16 @@ from harness.analysis.results import (
     select_best,
     valid_trials,
 )
+from harness.analysis.style import (
+    LEGEND_WIDTH,
+    PANEL_HEIGHT,
+    PANEL_WIDTH,
+    RC,
+    figure_legend,
+    model_style,
+    set_variants,
+    tasks_in,
+)
 from harness.errors import HarnessError
 
 __all__ = ["plot_runs", "model_style", "score_figure", "loss_figure", "steps_figure",
@@ -45,21 +54,7 @@ __all__ = ["plot_runs", "model_style", "score_figure", "loss_figure", "steps_fig
 #: Stem of each figure file, in the order :func:`plot_runs` writes them.
 FIGURE_NAMES = ("score_vs_length", "loss_vs_length", "steps_to_solve", "learning_curves", "cost")
 
-# Models registered without a style: tab10 colours the built-in plugins leave free (grey excluded:
-# it is the reference lines') and the darker half of tab20b, picked by a hash of the name; markers likewise.
-_FALLBACK_COLOURS = ("#e377c2", "#17becf", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39",
-                     "#7b4173", "#5254a3", "#bd9e39", "#ad494a", "#a55194")
-_FALLBACK_MARKERS = ("X", "*", "h", "p", "<", ">", "d", "8")
-
 _REFERENCE_COLOUR = "0.3"
-_PANEL_WIDTH, _PANEL_HEIGHT, _LEGEND_WIDTH = 4.0, 3.3, 1.9
-_RC: Any = {  # matplotlib rcParams (typed loosely: its stubs want literal keys)
-    "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 10,
-    "ytick.labelsize": 10, "legend.fontsize": 10, "figure.titlesize": 12,
-    "axes.spines.top": False, "axes.spines.right": False,
-    "axes.grid": True, "grid.alpha": 0.3, "grid.linewidth": 0.6,
-    "svg.hashsalt": "harness", "savefig.dpi": 150,
-}
 
 # Two-sided 95 % Student-t quantiles t_{0.975}(df) for df = 1..30.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
@@ -67,54 +62,6 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.052, 2.048, 2.045, 2.042)
 #: Fewest seeds at a length for which a confidence band is drawn (fewer: the seeds themselves).
 MIN_SEEDS_FOR_BAND = 3
-
-
-def _registered_styles() -> dict[str, dict[str, str]]:
-    try:
-        from harness.registry.loader import get_state
-
-        return {e.name: e.style for e in get_state().models if e.style}
-    except Exception:  # figures never fail for want of a plugin
-        return {}
-
-
-_LINESTYLES = ("-", "--", ":", "-.")
-#: With ``--select all``, the settings drawn per model (``"mycell"`` -> ``["lr=0.001", "lr=0.01"]``),
-#: so that a model keeps its colour and its settings differ by line style; set by :func:`set_variants`.
-_VARIANTS: dict[str, list[str]] = {}
-
-
-def set_variants(labels: Iterable[str]) -> None:
-    """Declare the lines about to be drawn (``"mycell init=chrono"``, ...): each model's settings get
-    line styles in sorted order, the same in every panel of a figure."""
-    _VARIANTS.clear()
-    for label in sorted(set(labels)):
-        model, _, variant = label.partition(" ")
-        if variant:
-            _VARIANTS.setdefault(model, []).append(variant)
-
-
-def model_style(name: str) -> dict[str, str]:
-    """Colour and marker of a model, the same in every figure and every process.
-
-    A model whose plugin registered a ``style`` has it; any other name (or a missing part) gets one
-    chosen by a SHA-256 hash of the name (not Python's salted ``hash``), stable across invocations.
-    A line for one setting of a model (``"mycell lr=0.01"``) has the model's colour and a line style
-    of its own.
-    """
-    base, _, variant = name.partition(" ")
-    if variant:
-        style = model_style(base)
-        variants = _VARIANTS.get(base, [variant])
-        index = variants.index(variant) if variant in variants else 0
-        style["linestyle"] = _LINESTYLES[index % len(_LINESTYLES)]
-        style["marker"] = _FALLBACK_MARKERS[index % len(_FALLBACK_MARKERS)] if index else style["marker"]
-        return style
-    digest = hashlib.sha256(name.encode("utf-8")).digest()
-    style = {"color": _FALLBACK_COLOURS[int.from_bytes(digest[:4], "big") % len(_FALLBACK_COLOURS)],
-             "marker": _FALLBACK_MARKERS[int.from_bytes(digest[4:8], "big") % len(_FALLBACK_MARKERS)]}
-    style.update(_registered_styles().get(name, {}))
-    return style
 
 
 def t_quantile_975(df: int) -> float:
@@ -153,8 +100,8 @@ def _summary(frame: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def _task_panels(tasks: list[str], sharey: bool = True, legend: bool = True) -> tuple[Figure, list]:
-    width = _PANEL_WIDTH * len(tasks) + (_LEGEND_WIDTH if legend else 0.4)
-    fig = Figure(figsize=(width, _PANEL_HEIGHT), layout="constrained")
+    width = PANEL_WIDTH * len(tasks) + (LEGEND_WIDTH if legend else 0.4)
+    fig = Figure(figsize=(width, PANEL_HEIGHT), layout="constrained")
     axes = fig.subplots(1, len(tasks), sharey=sharey, squeeze=False)[0]
     for ax, task in zip(axes, tasks):
         ax.set_title(f"task: {task}")
@@ -222,13 +169,6 @@ def _model_handles(models: list[str]) -> list[Any]:
     return handles
 
 
-def _legend(ax, handles: list) -> None:
-    """One legend for the whole figure, outside the panels to the right of the last panel ``ax``,
-    its top level with the panels' top (so it never meets the figure title)."""
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.03, 1.0),
-                        borderaxespad=0.0, frameon=False)
-
-
 def _mean_lines(ax, trials: pd.DataFrame, column: str, models: list[str],
                 clip: tuple[float, float] | None = None) -> tuple[bool, bool]:
     """One mean line per model with a 95 % CI band where a length has >= 3 seeds, and the seeds
@@ -273,13 +213,6 @@ def _statistic_handles(any_band: bool, any_seeds: bool) -> list[Any]:
     return handles
 
 
-def _tasks(results: pd.DataFrame) -> list[str]:
-    tasks = sorted(results["task"].unique())
-    if not tasks:
-        raise HarnessError("no trials to plot")
-    return tasks
-
-
 # --------------------------------------------------------------------------------------------
 # Figures
 
@@ -291,8 +224,8 @@ def score_figure(results: pd.DataFrame) -> Figure:
     interval of the mean where a length has at least three seeds, otherwise the individual seeds
     are drawn as faint hollow markers. The task's chance score is a dashed line labelled 'chance'.
     """
-    with matplotlib.rc_context(_RC):
-        tasks = _tasks(results)
+    with matplotlib.rc_context(RC):
+        tasks = tasks_in(results)
         fig, axes = _task_panels(tasks)
         any_band = any_seeds = False
         for ax, task in zip(axes, tasks):
@@ -306,7 +239,7 @@ def score_figure(results: pd.DataFrame) -> Figure:
         axes[0].set_ylabel("score (accuracy)")
         handles = _model_handles(model_order(valid_trials(results)["model"]))
         handles.append(Line2D([], [], color=_REFERENCE_COLOUR, linestyle="--", label="chance"))
-        _legend(axes[-1], handles + _statistic_handles(any_band, any_seeds))
+        figure_legend(axes[-1], handles + _statistic_handles(any_band, any_seeds))
         fig.suptitle("Final score vs dependency length (mean over seeds)")
     return fig
 
@@ -317,8 +250,8 @@ def loss_figure(results: pd.DataFrame) -> Figure:
     As :func:`score_figure` for lines and bands. The y axis is logarithmic when the positive
     values drawn span more than a factor of 30.
     """
-    with matplotlib.rc_context(_RC):
-        tasks = _tasks(results)
+    with matplotlib.rc_context(RC):
+        tasks = tasks_in(results)
         fig, axes = _task_panels(tasks, sharey=False)
         any_band = any_seeds = False
         for ax, task in zip(axes, tasks):
@@ -344,7 +277,7 @@ def loss_figure(results: pd.DataFrame) -> Figure:
         handles = _model_handles(model_order(valid_trials(results)["model"]))
         handles.append(Line2D([], [], color=_REFERENCE_COLOUR, linestyle="--",
                               label="memoryless\n(floor to beat)"))
-        _legend(axes[-1], handles + _statistic_handles(any_band, any_seeds))
+        figure_legend(axes[-1], handles + _statistic_handles(any_band, any_seeds))
         fig.suptitle("Final loss vs dependency length (mean over seeds)")
     return fig
 
@@ -360,8 +293,8 @@ def steps_figure(results: pd.DataFrame) -> Figure:
     the top of the panel (``gid="unsolved:<model>"``, stacked per seed, nudged sideways per
     model). A dotted line marks the step budget (``max_steps``).
     """
-    with matplotlib.rc_context(_RC):
-        tasks = _tasks(results)
+    with matplotlib.rc_context(RC):
+        tasks = tasks_in(results)
         fig, axes = _task_panels(tasks, sharey=False)
         any_unsolved = any_budget = False
         for ax, task in zip(axes, tasks):
@@ -443,7 +376,7 @@ def steps_figure(results: pd.DataFrame) -> Figure:
                                   markeredgewidth=1.4, label="not solved\n(top strip, one × per seed)"))
         if any_budget:
             handles.append(Line2D([], [], color=_REFERENCE_COLOUR, linestyle=":", label="step budget"))
-        _legend(axes[-1], handles)
+        figure_legend(axes[-1], handles)
         fig.suptitle("Steps to solve (solved seeds; line: median)")
     return fig
 
@@ -472,7 +405,7 @@ def learning_curves_figure(curves: pd.DataFrame, pairs: list[tuple[str, str]] | 
     colour bar; ``chance`` (task → chance score) adds dashed chance lines. ``pairs=None`` draws
     every pair present in ``curves``.
     """
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(RC):
         present = set(zip(curves["model"], curves["task"]))
         if pairs is None:
             pairs = sorted(present, key=lambda p: (model_order(curves["model"]).index(p[0]), p[1]))
@@ -483,7 +416,7 @@ def learning_curves_figure(curves: pd.DataFrame, pairs: list[tuple[str, str]] | 
             raise HarnessError(f"no learning curves for {wanted}; available: {available}")
         models = [m for m in model_order(p[0] for p in pairs)]
         tasks = sorted({p[1] for p in pairs})
-        fig = Figure(figsize=(_PANEL_WIDTH * len(tasks) + 1.3, 0.3 + 3.0 * len(models)),
+        fig = Figure(figsize=(PANEL_WIDTH * len(tasks) + 1.3, 0.3 + 3.0 * len(models)),
                      layout="constrained")
         grid = fig.subplots(len(models), len(tasks), squeeze=False, sharex="col", sharey=True)
         selected = curves[pd.MultiIndex.from_frame(curves[["model", "task"]]).isin(pairs)]
@@ -532,12 +465,12 @@ def learning_curves_figure(curves: pd.DataFrame, pairs: list[tuple[str, str]] | 
 def cost_figure(results: pd.DataFrame) -> Figure:
     """Training seconds per step against dependency length (log-log), one panel per task, one
     line per model (mean over non-error seeds, with the seeds themselves when fewer than three)."""
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(RC):
         frame = results.copy()
         if "seconds_per_step" not in frame or frame["seconds_per_step"].isna().all():
             frame["seconds_per_step"] = (frame["train_seconds"] / frame["steps"]
                                          if {"train_seconds", "steps"} <= set(frame) else np.nan)
-        tasks = _tasks(frame)
+        tasks = tasks_in(frame)
         fig, axes = _task_panels(tasks, sharey=True)
         any_band = any_seeds = False
         for ax, task in zip(axes, tasks):
@@ -551,7 +484,7 @@ def cost_figure(results: pd.DataFrame) -> Figure:
             _plain_log_y(ax)
         axes[0].set_ylabel("seconds per training step")
         handles = _model_handles(model_order(frame.loc[frame["status"] != "error", "model"]))
-        _legend(axes[-1], handles + _statistic_handles(any_band, any_seeds))
+        figure_legend(axes[-1], handles + _statistic_handles(any_band, any_seeds))
         title = "Training cost vs dependency length"
         if "device" in frame and frame["device"].notna().any():
             title += f" (device: {', '.join(sorted(frame['device'].dropna().astype(str).unique()))})"
@@ -570,7 +503,7 @@ def _safe(name: str) -> str:
 def _save(fig: Figure, out_dir: Path, stem: str, formats: tuple[str, ...]) -> list[Path]:
     paths = []
     metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}
-    with matplotlib.rc_context(_RC):
+    with matplotlib.rc_context(RC):
         for fmt in formats:
             path = out_dir / f"{stem}.{fmt}"
             fig.savefig(path, format=fmt, metadata=metadata.get(fmt))

@@ -91,7 +91,7 @@ def _announce(plan: Any, what: str, grid: bool = True) -> None:
         where = f"Ray ({plan.config.ray_address or 'a local instance'})"
     else:
         where = "in this process" if plan.workers == 0 else f"{plan.workers} worker(s)"
-    lengths = (f" × {sum(len(v) for v in plan.lengths.values())} task lengths" if grid
+    lengths = (f" × {sum(len(v) for v in plan.lengths.values())} length(s)" if grid
                else f" × {len(plan.tasks)} task(s)")
     print(f"harness: {what} ({len(plan.models)} model(s){lengths} × {len(plan.config.seeds)} seeds{axes}) on "
           f"{plan.device}, {where} → {plan.out}", file=sys.stderr)

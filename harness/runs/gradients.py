@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
+from harness.analysis.decay import decay_rate
 from harness.model_api import TaskModel
 from harness.runs.seeding import GRADIENT_DATA, derive_seed
 from harness.task_api import Batch, Task
 
 GRADIENT_BATCH = 256
 STATS_BATCH = 64
-NOISE_FLOOR = 1e-200  # relative norms below this are not fitted (float64 underflows at 1e-308)
 
 
 def gradient_batch(task: Task, seed: int, device: torch.device, size: int) -> Batch:
@@ -92,19 +92,6 @@ def measure_gradients(model: TaskModel, task: Task, spec: Any, device: torch.dev
                      "state_grad_norm": float(states[t]) if states is not None else None,
                      "direction": "both" if getattr(model.core, "bidirectional", False) else "forward"})
     return rows
-
-
-def decay_rate(distances: list[float], rel_norms: list[float]) -> float:
-    """Least-squares slope of log(relative norm) against distance, over d ≥ 1 above the noise floor."""
-    points = [(d, math.log(r)) for d, r in zip(distances, rel_norms)
-              if d >= 1 and math.isfinite(r) and r > NOISE_FLOOR]
-    if len(points) < 2:
-        return math.nan
-    n = len(points)
-    mean_d = sum(p[0] for p in points) / n
-    mean_y = sum(p[1] for p in points) / n
-    spread = sum((p[0] - mean_d) ** 2 for p in points)
-    return sum((p[0] - mean_d) * (p[1] - mean_y) for p in points) / spread if spread else math.nan
 
 
 def gradient_stats(model: TaskModel, task: Task, spec: Any, device: torch.device) -> dict[str, float]:
