@@ -26,13 +26,14 @@ def tracked_files() -> list[Path]:
 
 def test_no_reference_to_an_outside_spec_document():
     """The docs state every definition themselves and cite the papers."""
+    word = re.compile(r"\b" + "S" + r"PEC\b")  # spelled apart, so that `git grep` finds no reference here either
     offenders = []
     for path in tracked_files():
-        if path.suffix in (".png", ".pdf", ".svg") or path.name == "test_repository.py":
+        if path.suffix in (".png", ".pdf", ".svg"):
             continue
         text = path.read_text(encoding="utf-8", errors="ignore")
         offenders += [f"{path.relative_to(ROOT)}:{i}" for i, line in enumerate(text.splitlines(), 1)
-                      if re.search(r"\bSPEC\b", line)]
+                      if word.search(line)]
     assert not offenders, offenders
 
 
