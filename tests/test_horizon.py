@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pandas as pd
+import pytest
 
 from harness.cli import main
 from harness.runs.horizon import Series, _search
@@ -157,3 +159,49 @@ def test_bad_search_settings_are_one_line_errors(tmp_path, capsys):
                             (["--criterion", "loudness"], "unknown criterion")):
         assert main([*base, *extra]) == 2
         assert fragment in capsys.readouterr().err
+
+
+def test_the_horizons_figure_keeps_each_setting_apart(tmp_path):
+    """A horizon is a property of one setting tried at every length: with an option axis the figure
+    has one column per setting, whatever ``--select`` picks per length for the other figures."""
+    from harness.analysis.plotting import plot_runs
+    from harness.analysis.results import load_results
+    from harness.runs.schema import RESULT_COLUMNS
+
+    rows = []
+    for init, reach in (("default", 10), ("chrono", 80)):
+        for seed in range(3):
+            for length in (5, 10, 20, 40, 80):
+                s = TrialSpec.build("lstm", "recall", length, seed, {"max_steps": 10, "device": "cpu"},
+                                    model_options={"init": init}, axes=("model:init",))
+                r = row(s, length <= reach)
+                rows.append({**r, "val_score": r["score"], "best_val_score": r["score"]})
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame(rows).reindex(columns=RESULT_COLUMNS).to_csv(run / "results.csv", index=False)
+    assert len(load_results([run])) == 30
+    captured = {}
+    import harness.analysis.plot_horizons as plot_horizons
+
+    original = plot_horizons.horizons_figure
+
+    def spy(results, criterion="default"):
+        captured["figure"] = original(results, criterion)
+        return captured["figure"]
+
+    plot_horizons.horizons_figure = spy
+    try:
+        plot_runs([run], tmp_path / "figures", select="best")
+    finally:
+        plot_horizons.horizons_figure = original
+    (ax,) = captured["figure"].axes
+    medians = {line.get_gid().split(":", 1)[1]: line.get_ydata()[0] for line in ax.get_lines()
+               if (line.get_gid() or "").startswith("median:")}
+    assert set(medians) == {"lstm init=default", "lstm init=chrono"}
+    assert 10 <= medians["lstm init=default"] < 20 and medians["lstm init=chrono"] == pytest.approx(80)
+    # the report of a search (a folder with horizons.csv) ranks settings too, with --select best
+    from harness.analysis.report import full_report
+
+    (run / "horizons.csv").write_text("model,task,seed,config_id,criterion,horizon\n")
+    text = full_report([run], select="best")
+    assert re.search(r"\| lstm init=chrono +\| ≥ 80 ", text) and re.search(r"\| lstm init=default +\| 11 ", text), text

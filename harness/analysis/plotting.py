@@ -546,19 +546,19 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, formats: tuple[
     if facet is not None:
         return written + _facets(results, names, facet, out, formats)
     chosen = select or ("best" if names else "all")
-    results = select_best(results) if chosen == "best" else results
-    if chosen == "all" and names:  # one line per (model, setting)
-        results = results.assign(model=results["model"] + " " + describe_settings(results, names))
-        set_variants(results["model"])
+    # a horizon belongs to one setting tried at every length, so that figure never selects per length
+    every = results.assign(model=results["model"] + " " + describe_settings(results, names)) if names else results
+    set_variants(every["model"])
+    results = select_best(results) if chosen == "best" else every
     written += _save(score_figure(results), out, "score_vs_length", formats)
     written += _save(loss_figure(results), out, "loss_vs_length", formats)
     written += _save(steps_figure(results), out, "steps_to_solve", formats)
     written += _curves(run_dirs, results, curves_for, out, formats, relabel=chosen == "all" and bool(names))
     written += _save(cost_figure(results), out, "cost", formats)
-    if results.groupby(["model", "task"])["length"].nunique().max() > 1:
+    if every.groupby(["model", "task"])["length"].nunique().max() > 1:
         from harness.analysis.plot_horizons import horizons_figure
 
-        written += _save(horizons_figure(results, criterion), out, "horizons", formats)
+        written += _save(horizons_figure(every, criterion), out, "horizons", formats)
     return written
 
 

@@ -204,11 +204,16 @@ def full_report(run_dirs: list[Path], fmt: str = "markdown", select: str = "all"
         if select == "best" and names:
             block += _chosen_block(rows)
         blocks.append("\n".join(block))
-    text = "\n\n".join(blocks) + "\n\n" + "\n".join(_horizon_ranking(results, criterion, select, always=horizon_run))
+    if horizon_run:  # each setting was searched over lengths of its own: rank settings, never pick per T
+        ranking = _horizon_ranking(prepare(run_dirs, "all", threshold)[0], criterion, "all", always=True)
+    else:
+        ranking = _horizon_ranking(results, criterion, select)
+    text = "\n\n".join(blocks) + "\n\n" + "\n".join(ranking)
     if horizon_run:
-        text += "(an adaptive length search: per-length scores with --format csv)\n"
+        text += "(an adaptive length search: per-length scores with --format csv; horizons per setting)\n"
     if names:
+        chosen = select == "best" and not horizon_run
         text += f"\naxes: {', '.join(names)}; " + ("settings chosen per (model, task, T) on the validation set, "
-                                                   "scores from the test set.\n" if select == "best" else
+                                                   "scores from the test set.\n" if chosen else
                                                    "every setting shown (--select best picks on validation).\n")
     return text + "\n" + NOTES + "\n" + (f"\n{gradient_text}" if gradient_text else "")
