@@ -32,12 +32,16 @@ def horizons_figure(results: pd.DataFrame, criterion: str = "default") -> Figure
         tasks = tasks_in(results)
         models = model_order(results["model"])
         width = max(4.0, 0.75 * len(models) + 1.5)
-        fig = Figure(figsize=(width * len(tasks), PANEL_HEIGHT + 0.6), layout="constrained")
-        axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+        if width * len(tasks) <= 12:  # side by side while that stays readable, else one task per row
+            fig = Figure(figsize=(width * len(tasks), PANEL_HEIGHT + 0.6), layout="constrained")
+            axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+        else:
+            fig = Figure(figsize=(width, (PANEL_HEIGHT + 0.9) * len(tasks)), layout="constrained")
+            axes = fig.subplots(len(tasks), 1, squeeze=False)[:, 0]
         for ax, task in zip(axes, tasks):
             _panel(ax, seeds[seeds["task"] == task], summary[summary["task"] == task], models,
                    results.loc[results["task"] == task, "length"])
-        fig.suptitle(f"Memory horizon per model (markers: seeds; bar: median [95% bootstrap interval]); "
+        fig.suptitle(f"Memory horizon per model (markers: seeds; bar: median [95% bootstrap interval])\n"
                      f"criterion: {describe(criterion, list(results.get('task_criterion', [])))}", fontsize=10)
     return fig
 

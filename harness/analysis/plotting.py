@@ -547,7 +547,8 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, formats: tuple[
         return written + _facets(results, names, facet, out, formats)
     chosen = select or ("best" if names else "all")
     # a horizon belongs to one setting tried at every length, so that figure never selects per length
-    every = results.assign(model=results["model"] + " " + describe_settings(results, names)) if names else results
+    labels = (results["model"] + " " + describe_settings(results, names)).str.strip()  # strip: no setting, no space
+    every = results.assign(model=labels) if names else results
     set_variants(every["model"])
     results = select_best(results) if chosen == "best" else every
     written += _save(score_figure(results), out, "score_vs_length", formats)
