@@ -109,3 +109,21 @@ def test_committed_runs_resume_with_nothing_to_train(folder, tmp_path):
     store = ResultStore(copy, key=row_key(state.models, state.tasks))
     check_resume(plan, list(store.rows.values()))
     assert [s.label for s in plan.specs if store.status(s.key) not in FINISHED] == []
+
+
+@pytest.mark.parametrize("part", ["unidirectional", "bidirectional"])
+def test_the_committed_horizon_reference_resumes_with_nothing_to_train(part, tmp_path):
+    """`bash results/horizons/reproduce.sh` on a fresh clone reads every trial back: none trains."""
+    import json
+    import shutil
+
+    from harness.cli import main
+
+    folder = tmp_path / "results" / "horizons"
+    shutil.copytree(ROOT / "results" / "horizons" / part, folder / part)
+    shutil.copy(ROOT / "results" / "horizons" / f"{part}.toml", folder)
+    config = folder / f"{part}.toml"
+    config.write_text(config.read_text().replace('out = "results/horizons/', f'out = "{folder.as_posix()}/'))
+    assert main(["horizon", "--config", str(config), "--quiet", "--no-plot"]) == 0
+    trials = json.loads((folder / part / "run.json").read_text())["trials"]
+    assert trials["ran"] == 0 and trials["skipped"] == trials["planned"] > 0
