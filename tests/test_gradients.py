@@ -86,7 +86,7 @@ def test_cell_loop_models_also_give_hidden_state_gradients():
 def test_gradients_command_writes_csv_figure_and_decay_rates(tmp_path, capsys):
     out = tmp_path / "g"
     assert main(["gradients", "--models", "rnn,lstm", "--task", "recall", "--length", "50", "--seeds", "1",
-                 "--at", "0", "--hidden-size", "32", "--workers", "1", "--out", str(out)]) == 0
+                 "--at", "0", "--steps", "20", "--hidden-size", "32", "--workers", "1", "--out", str(out)]) == 0
     frame = pd.read_csv(out / "gradients.csv")
     assert {"model", "task", "length", "seed", "step", "distance", "grad_norm", "rel_norm"} <= set(frame.columns)
     assert set(frame["step"]) == {0} and frame["distance"].max() == 51
