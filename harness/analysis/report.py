@@ -50,16 +50,18 @@ def normalised_auc(lengths: list[float], scores: list[float]) -> float:
 def prepare(run_dirs: list[Path], select: str = "all",
             threshold: float | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Load the folders, apply ``--select`` and ``--threshold``; return the rows and the axes."""
-    if select not in ("all", "best"):
-        raise HarnessError(f"--select '{select}': choose all or best")
+    _check_select(select)
     results = load_results(run_dirs)
     if threshold is not None:
         results = results.assign(threshold=threshold, solved=results["score"] >= threshold)
     names = axes(results)
-    if select == "best":
-        results = select_best(results)
     results = results.assign(setting=describe_settings(results, names))
-    return results, names
+    return (select_best(results) if select == "best" else results), names
+
+
+def _check_select(select: str) -> None:
+    if select not in ("all", "best"):
+        raise HarnessError(f"--select '{select}': choose all or best")
 
 
 def score_table(results: pd.DataFrame, names: list[str], criterion: str, select: str = "all") -> pd.DataFrame:
@@ -190,7 +192,9 @@ def full_report(run_dirs: list[Path], fmt: str = "markdown", select: str = "all"
         gradient_text = format_gradient_summary(gradient_summary(run_dirs), fmt)
         if not any((Path(d) / "results.csv").is_file() for d in run_dirs):
             return gradient_text
-    results, names = prepare(run_dirs, select, threshold)
+    _check_select(select)
+    every, names = prepare(run_dirs, "all", threshold)  # loaded once: a search's ranking uses every row
+    results = select_best(every) if select == "best" else every
     table = score_table(results, names, criterion, select)
     if fmt == "csv":
         return table.drop(columns=["setting"]).to_csv(index=False) + (f"\n{gradient_text}" if gradient_text else "")
@@ -205,7 +209,7 @@ def full_report(run_dirs: list[Path], fmt: str = "markdown", select: str = "all"
             block += _chosen_block(rows)
         blocks.append("\n".join(block))
     if horizon_run:  # each setting was searched over lengths of its own: rank settings, never pick per T
-        ranking = _horizon_ranking(prepare(run_dirs, "all", threshold)[0], criterion, "all", always=True)
+        ranking = _horizon_ranking(every, criterion, "all", always=True)
     else:
         ranking = _horizon_ranking(results, criterion, select)
     text = "\n\n".join(blocks) + "\n\n" + "\n".join(ranking)
