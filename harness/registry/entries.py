@@ -36,6 +36,9 @@ class Entry:
     default_sweep: bool = False
     #: (models) the model ``harness bench`` takes its speed ratios to.
     reference: bool = False
+    #: Options that choose how the model computes, not what (e.g. a parallel scan or a sequential
+    #: loop): recorded like any option, but never a hyperparameter to select between.
+    implementation_options: tuple[str, ...] = ()
 
     def load(self) -> Callable[..., Any]:
         """Return the factory, importing its module now if the target is a ``"module:attr"`` string."""

@@ -243,16 +243,17 @@ def _make_register(registry: Registry, kind: str, plugin_name: str, loader: _Loa
     def register(name: str, target: Target, description: str = "", aliases: Iterable[str] = (),
                  defaults: dict[str, Any] | None = None, *, order: float | None = None,
                  style: dict[str, str] | None = None, default_sweep: bool = False,
-                 reference: bool = False) -> None:
+                 reference: bool = False, implementation_options: Iterable[str] = ()) -> None:
         """Register a model or task under ``name`` (see ``harness.hookspecs``)."""
-        problem = _registration_problem(target, defaults, order, style)
+        problem = _registration_problem(target, defaults, order, style, implementation_options)
         if problem:
             loader.rejected(plugin_name, f"plugin '{plugin_name}' registered {kind} '{name}' with {problem}")
             return
         entry = Entry(kind=kind, name=name, target=target, description=" ".join(description.split()),
                       plugin=plugin_name, aliases=tuple(aliases), defaults=dict(defaults or {}),
                       order=None if order is None else float(order), style=dict(style or {}),
-                      default_sweep=bool(default_sweep), reference=bool(reference))
+                      default_sweep=bool(default_sweep), reference=bool(reference),
+                      implementation_options=tuple(implementation_options))
         try:
             registry.add(entry)
         except PluginError as exc:
@@ -263,7 +264,8 @@ def _make_register(registry: Registry, kind: str, plugin_name: str, loader: _Loa
     return register
 
 
-def _registration_problem(target: Any, defaults: Any, order: Any, style: Any) -> str | None:
+def _registration_problem(target: Any, defaults: Any, order: Any, style: Any,
+                          implementation_options: Any = ()) -> str | None:
     """What is wrong with a registration's arguments, or None."""
     if not (callable(target) or (isinstance(target, str) and ":" in target)):
         return f"target {target!r}: expected a callable or a 'module:attr' string"
@@ -274,6 +276,8 @@ def _registration_problem(target: Any, defaults: Any, order: Any, style: Any) ->
     if style is not None and not (isinstance(style, dict) and set(style) <= {"color", "marker"}
                                   and all(isinstance(v, str) for v in style.values())):
         return f"style {style!r}: expected a dict with 'color' and/or 'marker' strings"
+    if isinstance(implementation_options, str) or not all(isinstance(o, str) for o in implementation_options):
+        return f"implementation_options {implementation_options!r}: expected a tuple of option names"
     return None
 
 
