@@ -10,7 +10,8 @@ import torch
 
 from harness.registry.loader import get_state
 from harness.testing import check_model
-from harness.testing.precision import GRADIENT_RTOL, OUTPUT_RTOL, float32_errors, main
+from harness.testing.float32_report import main
+from harness.testing.precision import GRADIENT_RTOL, OUTPUT_RTOL, float32_errors
 from tests.whole_sequence_models import LogScanMinGRU, LossyGradients
 
 SIZES = r"at length T=1000, batch 2, input_size 3, hidden_size 8"
@@ -70,6 +71,10 @@ def test_the_short_float64_message_gives_the_length_sizes_and_error():
 
 def test_the_measurement_command_prints_one_row_per_model(capsys):
     main(["rnn", "gru", "--length", "50"])
+    main(["lstm", "--length", "50", "--option", "init=chrono"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "model,length,batch,output_error,gradient_error,parameter"
-    assert [line.split(",")[:3] for line in lines[1:]] == [["rnn", "50", "2"], ["gru", "50", "2"]]
+    assert lines[0] == lines[3] == "model,options,length,batch,output_error,gradient_error,parameter"
+    rows = [line.split(",") for line in lines if not line.startswith("model,")]
+    assert [row[:4] for row in rows] == [["rnn", "", "50", "2"], ["gru", "", "50", "2"],
+                                         ["lstm", "init=chrono", "50", "2"]]
+    assert all(0 < float(row[5]) < GRADIENT_RTOL for row in rows)

@@ -8,12 +8,11 @@ gradients were 0.12 relative off float64 at T = 1000 (0.0015 at T = 200) in a pl
 every check at length 7. The harness trains in float32, so such a model trains on wrong
 gradients at exactly the lengths a memory benchmark is about.
 
-``python -m harness.testing.precision lstm gru`` prints the errors the long-length check measures.
+``python -m harness.testing.float32_report lstm gru`` prints the errors the long-length check measures.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 from dataclasses import dataclass
 
@@ -27,9 +26,9 @@ SHORT_ATOL = 1e-4  # float64 against float32 at the checks' short length
 LONG_BATCH = 2
 #: Bounds of the long-length check, relative: the largest output difference over the largest
 #: output, and for the worst parameter ‖g32 − g64‖ / ‖g64‖. At T = 1000 the built-in cells measure
-#: at most 5e-6 for both (docs/plugins.md gives the command and the numbers), so the bounds leave a
-#: margin of 20x (outputs) and 200x (gradients), and the gradient bound still rejects a relative
-#: error of 0.0015, the log-space scan's at T = 200.
+#: at most 2.3e-7 and 9e-7 at their default initialisations, and 6.5e-6 and 7.1e-6 (the GRU with
+#: init=chrono) at most (docs/plugins.md gives the command and the numbers): margins of 15x and
+#: 140x, while the gradient bound still rejects 0.0015, the log-space scan's error at T = 200.
 OUTPUT_RTOL = 1e-4
 GRADIENT_RTOL = 1e-3
 
@@ -104,26 +103,3 @@ def check_long_length(ctx: ModelContext) -> None:
                         f"by {errors.gradient_error:.3g} relative (allowed {GRADIENT_RTOL:g}): float32 rounding "
                         f"error grows with the length, and training would follow wrong gradients (a log-space "
                         f"scan's cumulative sums lose precision: scan in chunks, or accumulate in float64)")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Print the long-length check's measurements for registered models, as the check builds them."""
-    from harness.registry.loader import get_state
-    from harness.testing._common import seed_everything
-
-    parser = argparse.ArgumentParser(prog="python -m harness.testing.precision", description=main.__doc__)
-    parser.add_argument("models", nargs="+")
-    parser.add_argument("--length", type=int, default=1000)
-    parser.add_argument("--input-size", type=int, default=3)
-    parser.add_argument("--hidden-size", type=int, default=8)
-    args = parser.parse_args(argv)
-    print("model,length,batch,output_error,gradient_error,parameter")
-    for name in args.models:
-        seed_everything(0)
-        module = get_state().models.get(name).build(input_size=args.input_size, hidden_size=args.hidden_size)
-        e = float32_errors(module, args.input_size, args.length)
-        print(f"{name},{e.length},{e.batch},{e.output_error:.2e},{e.gradient_error:.2e},{e.parameter}")
-
-
-if __name__ == "__main__":
-    main()
