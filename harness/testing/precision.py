@@ -8,7 +8,7 @@ gradients were 0.12 relative off float64 at T = 1000 (0.0015 at T = 200) in a pl
 every check at length 7. The harness trains in float32, so such a model trains on wrong
 gradients at exactly the lengths a memory benchmark is about.
 
-``python -m harness.testing.float32_report lstm gru`` prints the errors the long-length check measures.
+``python -m harness.testing.float32_report MODEL ...`` prints the errors the long-length check measures.
 """
 
 from __future__ import annotations
