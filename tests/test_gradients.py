@@ -221,3 +221,28 @@ def test_the_gradients_command_reports_the_refusal(tmp_path, monkeypatch):
     (error,) = pd.read_csv(out / "results.csv")["error"]
     assert error.startswith("HarnessError: cannot measure ‖∂L/∂h_t‖ for model 'copied': no gradient of the loss "
                             "reaches 12 of the 12 kept states")
+
+
+def test_the_hidden_states_check_says_the_same_before_any_run():
+    from harness.testing import check_model
+    from tests.whole_sequence_models import CopiedStates, LogScanMinGRU, StackedStates
+
+    assert check_model(LogScanMinGRU, checks=["hidden states"]) == ["hidden states"]
+    with pytest.raises(AssertionError, match=r"^model CopiedStates: hidden states: no gradient of the loss reaches 7 "
+                                             r"of the 7 kept states up to step 6 \(e\.g\. h_0\)"):
+        check_model(CopiedStates, checks=["hidden states"])
+    with pytest.raises(AssertionError, match=r"hidden states: no gradient of the loss reaches 6 of the 7 kept states"):
+        check_model(StackedStates, checks=["hidden states"])
+
+
+def test_the_hidden_states_check_rejects_a_sequential_mode_that_computes_something_else():
+    from harness.testing import check_model
+    from tests.whole_sequence_models import LogScanMinGRU
+
+    class LoopDiffers(LogScanMinGRU):
+        def loop(self, x):
+            return [2 * h for h in super().loop(x)]
+
+    with pytest.raises(AssertionError, match=r"hidden states: with keep_states = True the outputs differ by .* from "
+                                             r"those without"):
+        check_model(LoopDiffers, checks=["hidden states"])
