@@ -11,7 +11,7 @@ from torch import nn
 
 from harness.testing import check_model
 from harness.testing.model_checks import run_model_checks
-from tests.whole_sequence_models import FFTLRU, CircularFFTLRU, LogScanMinGRU, ReadsBackwards
+from tests.whole_sequence_models import FFTLRU, CircularFFTLRU, LogScanMinGRU, ReadsBackwards, ShortPaddedFFTLRU
 
 NON_CAUSAL = [CircularFFTLRU, ReadsBackwards]
 
@@ -53,6 +53,12 @@ def test_a_leak_of_one_step_is_caught_at_every_position_checked():
 
     with pytest.raises(AssertionError, match=r"causality: the features at positions 0\.\.0 changed"):
         check_model(OneStepAhead, checks=["causality"])
+
+
+def test_a_leak_that_appears_only_at_longer_lengths_is_caught_at_64_steps():
+    """Padding by a fixed 8 steps wraps the convolution around only beyond 9 steps: 7 does not show it."""
+    with pytest.raises(AssertionError, match=r"causality: the features at positions 0\.\.0 changed by .* \(length 64,"):
+        check_model(ShortPaddedFFTLRU, checks=["causality"])
 
 
 class BiGRU(nn.Module):

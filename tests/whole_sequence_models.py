@@ -96,7 +96,7 @@ class ReadsBackwards(LogScanMinGRU):
 class FFTLRU(nn.Module):
     """The LRU-like recurrence as an FFT convolution, zero-padded to twice the length (causal)."""
 
-    circular = False
+    padding: int | None = None  # zeros appended to the length before the FFT; None: the length again
 
     def __init__(self, input_size: int, hidden_size: int = 8, r_min: float = 0.5, r_max: float = 0.95) -> None:
         super().__init__()
@@ -116,7 +116,7 @@ class FFTLRU(nn.Module):
         k = torch.arange(steps, device=x.device, dtype=x.dtype).unsqueeze(1)
         kernel = (k * log_lambda).exp()  # λ^k, (length, hidden)
         driven = torch.complex(x @ self.b[0].t(), x @ self.b[1].t()) * gamma  # γ ⊙ B x_t
-        n = steps if self.circular else 2 * steps
+        n = steps + self.padding if self.padding is not None else 2 * steps
         states = torch.fft.ifft(torch.fft.fft(driven, n, dim=1) * torch.fft.fft(kernel, n, dim=0), n, dim=1)[:, :steps]
         features = states.real @ self.c[0].t() - states.imag @ self.c[1].t()  # Re(C s)
         return features, features[:, -1]
@@ -125,7 +125,13 @@ class FFTLRU(nn.Module):
 class CircularFFTLRU(FFTLRU):
     """The classic bug: an FFT convolution without zero padding is circular, so outputs see later inputs."""
 
-    circular = True
+    padding = 0
+
+
+class ShortPaddedFFTLRU(FFTLRU):
+    """Pads by a fixed 8 steps: causal up to 9 steps, circular beyond (the kernel is as long as the input)."""
+
+    padding = 8
 
 
 class LossyGradients(nn.Module):
