@@ -6,9 +6,9 @@ again in a random order, as queries, at each of which the target is the value th
 key. Symbols: 0 blank, 1..keys the keys, keys + 1..keys + values the values (one-hot); outputs:
 ``values`` classes. Sequence length T + 3D - 1. The pair written last and asked first is held
 exactly T steps (from its value to its query); in general a pair is held T + 2(D - 1 - i) + r steps,
-pair i of the list asked r-th, between T and T + 3(D - 1). The random query order is what makes
-this recall by key rather than a fixed delay. Loss and score (accuracy) over the D queries only;
-chance 1/values, memoryless loss ln(values).
+pair i of the list asked r-th, between T and T + 3(D - 1). The random query order means
+the answer must be found by its key: no rule by position (a delay line) finds it. Loss and score
+(accuracy) over the D queries only; chance 1/values, memoryless loss ln(values).
 """
 
 from __future__ import annotations
