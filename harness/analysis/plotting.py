@@ -557,7 +557,8 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, formats: tuple[
     written += _save(score_figure(results), out, "score_vs_length", formats)
     written += _save(loss_figure(results), out, "loss_vs_length", formats)
     written += _save(steps_figure(results), out, "steps_to_solve", formats)
-    written += _curves(run_dirs, results, curves_for, out, formats, relabel=chosen == "all" and bool(names))
+    split = bool(results["model"].str.contains(" ").any())  # implementations kept apart by select_best
+    written += _curves(run_dirs, results, curves_for, out, formats, relabel=(chosen == "all" and bool(names)) or split)
     written += _save(cost_figure(results), out, "cost", formats)
     horizon_run = any((d / "horizons.csv").is_file() for d in run_dirs)  # the figure always comes with it
     if horizon_run or every.groupby(["model", "task"])["length"].nunique().max() > 1:
