@@ -207,7 +207,11 @@ def test_select_best_never_chooses_between_implementations(tmp_path, monkeypatch
     a real hyperparameter beside it still is."""
     import harness.analysis.results as R
 
-    monkeypatch.setattr(R, "implementation_options", lambda model: ("mode",) if model == "scanner" else ())
+    def declared(model):
+        return ("mode",) if model == "scanner" else ()
+
+    monkeypatch.setattr(R, "implementation_options", declared)
+    monkeypatch.setattr("harness.analysis.report.implementation_options", declared)
     rows = []
     for seed in range(2):
         for length, loop_better in ((10, True), (20, False)):
@@ -223,5 +227,6 @@ def test_select_best_never_chooses_between_implementations(tmp_path, monkeypatch
     assert set(chosen["lr"]) == {1e-2}  # the learning rate is still chosen, per implementation
     text = full_report([run], select="best")
     assert "| scanner mode=scan" in text and "| scanner mode=loop" in text
+    assert "axes: lr, model:mode (an implementation: never chosen);" in text
     monkeypatch.setattr(R, "implementation_options", lambda model: ())  # an ordinary option is selected
     assert set(select_best(load_results([run]))["model"]) == {"scanner"}

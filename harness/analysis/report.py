@@ -19,6 +19,7 @@ from harness.analysis.criteria import describe
 from harness.analysis.results import (
     axes,
     describe_settings,
+    implementation_options,
     load_results,
     model_order,
     select_best,
@@ -246,7 +247,10 @@ def full_report(run_dirs: list[Path], fmt: str = "markdown", select: str = "all"
         text += "(an adaptive length search: per-length scores with --format csv; horizons per setting)\n"
     if names:
         chosen = select == "best" and not horizon_run
-        text += f"\naxes: {', '.join(names)}; " + ("settings chosen per (model, task, T) on the validation set, "
-                                                   "scores from the test set.\n" if chosen else
-                                                   "every setting shown (--select best picks on validation).\n")
+        kept = [n for n in names if n.startswith("model:")
+                and any(n[len("model:"):] in implementation_options(m) for m in every["model"].unique())]
+        listed = ", ".join(f"{n} (an implementation: never chosen)" if n in kept else n for n in names)
+        text += f"\naxes: {listed}; " + ("settings chosen per (model, task, T) on the validation set, "
+                                         "scores from the test set.\n" if chosen else
+                                         "every setting shown (--select best picks on validation).\n")
     return text + "\n" + NOTES + "\n" + (f"\n{gradient_text}" if gradient_text else "")
