@@ -360,12 +360,14 @@ def check_memoryless_and_chance(ctx: TaskContext) -> None:
 
 def _check_chance_reached(stats: _Statistics, label: str, chance: float, blind: list[tuple[str, str]]) -> None:
     """A stated chance_score above the best input-free predictor measured is wrong too (it would make
-    every model look worse than chance). Only predictors that may be the best one count: every
-    constant class and the per-position plurality (class targets), and memoryless_outputs when they
-    ignore the inputs; with none of them (real targets, outputs that read the inputs) nothing is claimed."""
-    candidates = [(what, key) for what, key in blind if key != "random_score"]
-    if not candidates:
+    every model look worse than chance). For class targets scored by accuracy the best one is among
+    the candidates (every constant class, the per-position plurality, memoryless_outputs when they
+    ignore the inputs). For real-valued targets nothing is claimed: the memoryless outputs minimise
+    the loss, and the constant that maximises a thresholded score may be another one (the mode, not
+    the mean, of a skewed target)."""
+    if not stats.constants:
         return
+    candidates = [(what, key) for what, key in blind if key != "random_score"]
     what, key = max(candidates, key=lambda c: stats.mean(c[1]))
     best, slack = stats.mean(key), 0.005
     allowed = best + stats.tol(key, best) + slack
