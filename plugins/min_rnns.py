@@ -17,7 +17,7 @@ from harness.plugins.initialisation import check_init, chrono_log_u
 from harness.plugins.scans import LinearRecurrence, log_scan
 from torch import nn
 
-MIN_MODES = ("scan", "log-scan", "loop")
+MIN_MODES = ("auto", "scan", "log-scan", "loop")
 
 
 def log_g(x: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,7 @@ class MinLSTM(_MinRNN):
         return -F.softplus(difference), -F.softplus(-difference) + log_g(candidate)
 
 
-def build_mingru(input_size: int, hidden_size: int = 128, mode: Literal["scan", "log-scan", "loop"] = "scan",
+def build_mingru(input_size: int, hidden_size: int = 128, mode: Literal["auto", "scan", "log-scan", "loop"] = "auto",
                  init: Literal["default", "chrono"] = "default", chrono_max: int | None = None,
                  length: int | None = None) -> MinGRU:
     """minGRU; ``init="chrono"`` spreads the update gate's memory times over [2, T_max] (T_max: ``chrono_max``,
@@ -95,7 +95,7 @@ def build_mingru(input_size: int, hidden_size: int = 128, mode: Literal["scan", 
     return MinGRU(input_size, hidden_size, mode, init, chrono_max or length)
 
 
-def build_minlstm(input_size: int, hidden_size: int = 128, mode: Literal["scan", "log-scan", "loop"] = "scan",
+def build_minlstm(input_size: int, hidden_size: int = 128, mode: Literal["auto", "scan", "log-scan", "loop"] = "auto",
                   init: Literal["default", "chrono"] = "default", chrono_max: int | None = None,
                   length: int | None = None) -> MinLSTM:
     """minLSTM; ``init="chrono"`` as for minGRU, through the forget and input gate biases."""

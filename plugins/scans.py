@@ -11,6 +11,7 @@ model base class that chooses between them.
   float32 error this measures at T = 1000).
 - ``loop``: one step at a time; the reference the other two are tested against, and the path
   through which the per-step states are kept for the gradient-flow measurement.
+- ``auto``: the loop on the CPU, the scan on other devices.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MODES = ("scan", "loop")
+MODES = ("auto", "scan", "loop")
+#: What ``auto`` runs, by device type: the loop on the CPU, where it measured as fast as the scan or
+#: faster (docs/models.md), the scan elsewhere.
+AUTO = {"cpu": "loop"}
 
 
 def check_mode(mode: str, modes: tuple[str, ...] = MODES) -> str:
@@ -67,12 +71,16 @@ class LinearRecurrence(nn.Module):
 
     @property
     def implementation(self) -> str:
-        """The algorithm of the recurrence, recorded with each result."""
-        return self.mode
+        """The algorithm that runs on the parameters' device, recorded with each result."""
+        return self.resolved(next(self.parameters()).device)
+
+    def resolved(self, device: torch.device) -> str:
+        """``mode``, with ``auto`` replaced by the algorithm it picks on ``device``."""
+        return AUTO.get(device.type, "scan") if self.mode == "auto" else self.mode
 
     def recur(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """h for all t, shape of ``b`` (batch, length, *state), by ``mode`` (``loop`` when keeping states)."""
-        if self.keep_states or self.mode == "loop":
+        if self.keep_states or self.resolved(b.device) == "loop":
             return self._loop(a, b)
         return linear_scan(a, b)
 

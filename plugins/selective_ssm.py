@@ -66,7 +66,7 @@ class SelectiveSSM(LinearRecurrence):
 
 def build_selective_ssm(input_size: int, hidden_size: int = 128, state_size: int = 16, expand: int = 2,
                         conv_size: int = 4, dt_rank: int | None = None, dt_min: float = 0.001, dt_max: float = 0.1,
-                        mode: Literal["scan", "loop"] = "scan") -> SelectiveSSM:
+                        mode: Literal["auto", "scan", "loop"] = "auto") -> SelectiveSSM:
     """A Mamba block with S6; ``dt_rank`` defaults to ceil(hidden_size / 16), as Mamba's."""
     return SelectiveSSM(input_size, hidden_size, state_size, expand, conv_size,
                         dt_rank or math.ceil(hidden_size / 16), dt_min, dt_max, mode)
