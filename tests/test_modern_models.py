@@ -299,3 +299,14 @@ def test_bad_options_get_one_line_errors(name, options, message):
     with pytest.raises(ValueError, match=message) as info:
         build(name, **options)
     assert "\n" not in str(info.value)
+
+
+def test_each_modern_model_has_its_own_colour_and_an_implementation_option():
+    from harness.registry.loader import get_state
+
+    entries = {entry.name: entry for entry in get_state().models}
+    colours = [entry.style.get("color") for entry in entries.values()]
+    for name in ALL_MODELS:
+        assert colours.count(entries[name].style["color"]) == 1
+        assert entries[name].order is not None and entries[name].order >= 70
+    assert all(entries[name].implementation_options == ("mode",) for name in SCAN_MODELS)
