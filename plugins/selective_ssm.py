@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from harness.plugins.scans import LinearRecurrence
+from harness.plugins.scans import LinearRecurrence, linear_scan
 from torch import nn
 
 
@@ -56,12 +56,32 @@ class SelectiveSSM(LinearRecurrence):
         delta_low, B, C = self.x_proj(x).split([self.dt_rank, self.state_size, self.state_size], dim=-1)
         delta = F.softplus(self.dt_proj(delta_low))  # (batch, length, width)
         A = -torch.exp(self.A_log)  # (width, state)
-        decay = torch.exp(delta.unsqueeze(-1) * A)  # exp(Δ A): (batch, length, width, state)
-        drive = (delta * x).unsqueeze(-1) * B.unsqueeze(2)  # Δ B x
-        h = self.recur(decay, drive)
-        y = (h * C.unsqueeze(2)).sum(-1) + self.D * x
-        out = self.out_proj(y * F.silu(gate))
+        if self.keep_states or self.resolved(x.device) == "loop":
+            y = self._steps(delta, x, B, C, A)
+        else:
+            decay = torch.exp(delta.unsqueeze(-1) * A)  # exp(Δ A): (batch, length, width, state)
+            drive = (delta * x).unsqueeze(-1) * B.unsqueeze(2)  # Δ B x
+            y = (linear_scan(decay, drive) * C.unsqueeze(2)).sum(-1)
+        out = self.out_proj((y + self.D * x) * F.silu(gate))
         return out, out[:, -1]
+
+    def _steps(self, delta: torch.Tensor, x: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+               A: torch.Tensor) -> torch.Tensor:
+        """C_t h_t for all t, one step at a time, each step's (batch, width, state) terms made in the step
+        rather than all (batch, length, width, state) coefficients up front (a third of the time on the
+        CPU, see docs/models.md). Keeps the states, flattened, with ``keep_states``."""
+        batch = x.shape[0]
+        h = x.new_zeros(batch, *A.shape)
+        kept, outputs = [], []
+        for delta_t, scaled_t, b_t, c_t in zip(delta.unbind(1), (delta * x).unbind(1), B.unbind(1), C.unbind(1)):
+            h = torch.addcmul(torch.exp(delta_t.unsqueeze(-1) * A) * h, scaled_t.unsqueeze(-1), b_t.unsqueeze(1))
+            if self.keep_states:  # the output and the next step read h_t through its kept flat view
+                kept.append(h.reshape(batch, -1))
+                h = kept[-1].view(batch, *A.shape)
+            outputs.append(torch.bmm(h, c_t.unsqueeze(-1)).squeeze(-1))
+        if self.keep_states:
+            self.states = kept
+        return torch.stack(outputs, 1)
 
 
 def build_selective_ssm(input_size: int, hidden_size: int = 128, state_size: int = 16, expand: int = 2,
