@@ -1,7 +1,8 @@
 """Scan against loop for the models with a ``mode`` option: time of a training step, and float32 accuracy.
 
-For each model and mode, on the CPU with one thread: the median time of a training step (forward
-and backward of a fixed random projection of the features) at batch B, length T, hidden H; and,
+For each model and mode, on the CPU with one thread: the time of a training step (forward and
+backward of a fixed random projection of the features) at batch B, length T, hidden H, the modes
+interleaved round by round, fastest and median of ``--repeats`` rounds after a warm-up; and,
 from the same initialisation, the relative error of float32 against float64,
 ‖x₃₂ − x₆₄‖ / ‖x₆₄‖, for the features and for each parameter's gradient (the largest over the
 parameters is printed).
@@ -37,21 +38,36 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b).norm() / b.norm())
 
 
-def measure(name: str, mode: str, args: argparse.Namespace) -> tuple[float, float, float]:
-    """(median seconds per training step, features' relative error, largest gradient relative error)."""
+Run = tuple[torch.nn.Module, torch.Tensor, torch.Tensor]
+
+
+def setup(name: str, mode: str, args: argparse.Namespace) -> Run:
+    """The model (the same initialisation in every mode), its inputs and the weights of the loss."""
     torch.manual_seed(0)
     model = get_model(name).build(input_size=args.input_size, hidden_size=args.hidden, mode=mode)
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch, args.length, args.input_size, generator=generator)
     weights = torch.randn(args.batch, args.length, args.hidden, generator=generator)
-    times = []
-    for repeat in range(args.repeats + 1):
-        start = time.perf_counter()
-        features, grads = step(model, x, weights)
-        if repeat:  # the first is a warm-up
-            times.append(time.perf_counter() - start)
+    return model, x, weights
+
+
+def errors(model: torch.nn.Module, x: torch.Tensor, weights: torch.Tensor) -> tuple[float, float]:
+    """Relative error of float32 against float64: of the features, and the largest over parameter gradients."""
+    features, grads = step(model, x, weights)
     f64, g64 = step(copy.deepcopy(model).double(), x.double(), weights.double())
-    return statistics.median(times), relative(features, f64), max(relative(a, b) for a, b in zip(grads, g64))
+    return relative(features, f64), max(relative(a, b) for a, b in zip(grads, g64))
+
+
+def timings(runs: dict[str, Run], repeats: int) -> dict[str, list[float]]:
+    """Seconds per training step, the modes interleaved round by round (a busy machine slows them alike)."""
+    times: dict[str, list[float]] = {mode: [] for mode in runs}
+    for repeat in range(repeats + 1):
+        for mode, (model, x, weights) in runs.items():
+            start = time.perf_counter()
+            step(model, x, weights)
+            if repeat:  # the first round is a warm-up
+                times[mode].append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:
@@ -67,11 +83,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"T={args.length} B={args.batch} H={args.hidden} input={args.input_size} threads={args.threads} "
           f"torch {torch.__version__}")
-    print(f"{'model':8} {'mode':9} {'ms/step':>9} {'rel.err features':>17} {'rel.err grads (max)':>20}")
+    print(f"{'model':8} {'mode':9} {'ms/step min':>12} {'median':>8} {'rel.err features':>17} "
+          f"{'rel.err grads (max)':>20}")
     for name in args.models.split(","):
-        for mode in MODES[name]:
-            seconds, feature_error, grad_error = measure(name, mode, args)
-            print(f"{name:8} {mode:9} {seconds * 1e3:9.1f} {feature_error:17.2e} {grad_error:20.2e}", flush=True)
+        runs = {mode: setup(name, mode, args) for mode in MODES[name]}
+        times = timings(runs, args.repeats)
+        for mode, run in runs.items():
+            feature_error, grad_error = errors(*run)
+            print(f"{name:8} {mode:9} {min(times[mode]) * 1e3:12.1f} {statistics.median(times[mode]) * 1e3:8.1f} "
+                  f"{feature_error:17.2e} {grad_error:20.2e}", flush=True)
 
 
 if __name__ == "__main__":
