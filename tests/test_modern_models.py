@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.registry import get_model
+from harness.registry import get_model, get_task
 from harness.runs.options import build_core
 from harness.testing import check_model
 
@@ -310,3 +310,19 @@ def test_each_modern_model_has_its_own_colour_and_an_implementation_option():
         assert colours.count(entries[name].style["color"]) == 1
         assert entries[name].order is not None and entries[name].order >= 70
     assert all(entries[name].implementation_options == ("mode",) for name in SCAN_MODELS)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_the_gradient_flow_measurement_reads_nonzero_state_gradients(name):
+    """What `harness gradients` computes: ‖∂L/∂h_t‖ at every position, none of them zero."""
+    from harness.model_api import TaskModel
+    from harness.runs.gradients import gradient_batch, input_gradients
+
+    task = get_task("recall").build(length=10)
+    torch.manual_seed(0)
+    core = build_core(get_model(name), task.input_size, HIDDEN, 10, SMALL.get(name, {}))
+    model = TaskModel(core, task.output_size, task.readout)
+    _, state_norms = input_gradients(model, task, gradient_batch(task, 0, torch.device("cpu"), 8))
+    assert state_norms is not None and len(state_norms) == task.sequence_length
+    assert (state_norms > 0).all()
+    assert core.states is None and not core.keep_states  # left as found
