@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness.errors import HarnessError
+
 
 class IndRNN(nn.Module):
     """One IndRNN layer; ``forward`` follows ``harness.model_api``."""
@@ -19,9 +21,9 @@ class IndRNN(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, mag: float, t_max: int | None) -> None:
         super().__init__()
         if not mag > 1.0:
-            raise ValueError(f"IndRNN mag must be greater than 1, got {mag}")
+            raise HarnessError(f"IndRNN mag must be greater than 1, got {mag}")
         if t_max is not None and t_max < 1:
-            raise ValueError(f"IndRNN t_max must be a positive integer, got {t_max}")
+            raise HarnessError(f"IndRNN t_max must be a positive integer, got {t_max}")
         self.output_size = hidden_size
         self.bound = mag ** (1.0 / (t_max or 1))
         self.input = nn.Linear(input_size, hidden_size)

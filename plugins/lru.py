@@ -17,13 +17,15 @@ import torch.nn.functional as F
 from harness.plugins.scans import LinearRecurrence
 from torch import nn
 
+from harness.errors import HarnessError
+
 
 def ring_init(size: int, r_min: float, r_max: float, max_phase: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(ν_log, θ_log) with |λ| uniform in area on the ring r_min ≤ |λ| ≤ r_max and phase uniform in [0, max_phase]."""
     if not 0.0 <= r_min < r_max <= 1.0:
-        raise ValueError(f"LRU ring needs 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
+        raise HarnessError(f"LRU ring needs 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
     if not max_phase > 0:
-        raise ValueError(f"LRU max_phase must be positive, got {max_phase}")
+        raise HarnessError(f"LRU max_phase must be positive, got {max_phase}")
     u1, u2 = torch.rand(size), torch.rand(size)
     # |λ|² uniform in [r_min², r_max²]; ν = −log|λ| = −½ log|λ|²; kept away from |λ| = 1 exactly
     radius_squared = (u1 * (r_max ** 2 - r_min ** 2) + r_min ** 2).clamp(max=1.0 - 1e-7)

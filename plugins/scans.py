@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness.errors import HarnessError
+
 MODES = ("auto", "scan", "loop")
 #: What ``auto`` runs, by device type: the loop on the CPU, where it measured as fast as the scan or
 #: faster (docs/models.md), the scan elsewhere.
@@ -28,7 +30,7 @@ AUTO = {"cpu": "loop"}
 def check_mode(mode: str, modes: tuple[str, ...] = MODES) -> str:
     """``mode`` if it is one of ``modes``, else a one-line ValueError."""
     if mode not in modes:
-        raise ValueError(f"mode must be one of {', '.join(modes)}, got {mode!r}")
+        raise HarnessError(f"mode must be one of {', '.join(modes)}, got {mode!r}")
     return mode
 
 

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from harness.plugins.scans import LinearRecurrence, linear_scan
 from torch import nn
 
+from harness.errors import HarnessError
+
 
 class SelectiveSSM(LinearRecurrence):
     """One Mamba block, input_size → hidden_size, with ``state_size`` states per channel."""
@@ -30,9 +32,9 @@ class SelectiveSSM(LinearRecurrence):
         for name, value in (("state_size", state_size), ("expand", expand), ("conv_size", conv_size),
                             ("dt_rank", dt_rank)):
             if value < 1:
-                raise ValueError(f"selective SSM option {name} must be a positive integer, got {value}")
+                raise HarnessError(f"selective SSM option {name} must be a positive integer, got {value}")
         if not 0 < dt_min <= dt_max:
-            raise ValueError(f"selective SSM needs 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+            raise HarnessError(f"selective SSM needs 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         width = expand * hidden_size
         self.output_size = hidden_size
         self.state_size = state_size

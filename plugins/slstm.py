@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from harness.plugins.initialisation import check_init, set_gate_biases
 
 from harness.cells import CellLoop, GatedCell, State
+from harness.errors import HarnessError
 
 FORGET_GATES = ("sigmoid", "exp")
 
@@ -28,10 +29,10 @@ class SLSTMCell(GatedCell):
     def __init__(self, input_size: int, hidden_size: int, forget_gate: str = "sigmoid", forget_bias: float = 1.0,
                  init: str = "default", t_max: int | None = None) -> None:
         if forget_gate not in FORGET_GATES:
-            raise ValueError(f"forget_gate must be one of {', '.join(FORGET_GATES)}, got {forget_gate!r}")
+            raise HarnessError(f"forget_gate must be one of {', '.join(FORGET_GATES)}, got {forget_gate!r}")
         check_init(init)
         if init == "chrono" and forget_gate == "exp":
-            raise ValueError("init='chrono' needs forget_gate='sigmoid' (an exp forget gate with bias log u > 0 "
+            raise HarnessError("init='chrono' needs forget_gate='sigmoid' (an exp forget gate with bias log u > 0 "
                              "would grow the state)")
         self.forget_gate = forget_gate
         super().__init__(input_size, hidden_size)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from harness.errors import HarnessError
 from harness.registry import get_model, get_task
 from harness.runs.options import build_core
 from harness.testing import check_model
@@ -254,7 +255,7 @@ def test_lru_ring_initialisation_lies_in_its_range():
 
 
 def test_lru_rejects_an_empty_ring():
-    with pytest.raises(ValueError, match="r_min < r_max"):
+    with pytest.raises(HarnessError, match="r_min < r_max"):
         build("lru", r_min=0.9, r_max=0.5)
 
 
@@ -296,7 +297,7 @@ def test_implementation_says_which_algorithm_runs(name):
     ("indrnn", {"mag": 0.5}, "mag must be greater than 1"),
 ])
 def test_bad_options_get_one_line_errors(name, options, message):
-    with pytest.raises(ValueError, match=message) as info:
+    with pytest.raises(HarnessError, match=message) as info:
         build(name, **options)
     assert "\n" not in str(info.value)
 
