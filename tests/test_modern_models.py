@@ -110,7 +110,8 @@ def ref_slstm(m, x):
 
 
 def ref_indrnn(m, x):
-    u = m.recurrent_weight.clamp(-m.bound, m.bound)
+    bound = 2.0 ** (1 / (m.t_max or x.shape[1]))  # MAG = 2, T the trial's (or else the input's) length
+    u = m.recurrent_weight.clamp(-bound, bound)
     h, out = x.new_zeros(x.shape[0], HIDDEN), []
     for x_t in x.unbind(1):
         h = torch.relu(x_t @ m.input.weight.T + m.input.bias + u * h)
@@ -267,6 +268,8 @@ def test_indrnn_recurrent_weight_is_bounded_by_mag_to_the_one_over_t():
     with torch.no_grad():
         model.recurrent_weight.fill_(5.0)  # as an optimiser step past the bound would
     x = inputs(50, torch.float32)
+    unbuilt = build("indrnn")  # without a length: initialised for T = 1000, bounded by each input's length
+    assert (unbuilt.recurrent_weight - 1).abs().max() <= 2.0 ** (1 / 1000) - 1
     clamped = copy.deepcopy(model)
     with torch.no_grad():
         clamped.recurrent_weight.fill_(bound)
