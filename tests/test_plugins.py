@@ -12,7 +12,8 @@ from harness.registry.entries import Entry, Registry
 from harness.registry.loader import BUILTIN_PLUGINS, get_state, load_plugins
 from tests import plugin_sources as src
 
-BUILTIN_MODELS = ["bilstm", "cifg", "gru", "lstm", "peephole", "rnn"]
+BUILTIN_MODELS = ["bilstm", "cifg", "gru", "indrnn", "lru", "lstm", "mamba", "mingru", "minlstm", "peephole", "rnn",
+                  "slstm"]
 BUILTIN_TASKS = ["adding", "copy", "mqar", "recall", "selective_copy"]
 
 

@@ -13,7 +13,7 @@ Definitions used by every report and figure:
   score over seeds (ties: the lower validation loss), and reports its **test** numbers, so the
   choice never sees the data it is judged on. An implementation option (a model's registration
   lists it in ``implementation_options``: a scan or a loop) is never selected: each of its values
-  is reported as a model of its own (``"mingru mode=scan"``).
+  is reported as a model of its own (``"mymodel mode=scan"``).
 
 Files written before harness 0.2 (no ``config_id``, one held-out set) load too: their rows get an
 empty ``config_id`` and no validation numbers.
@@ -224,7 +224,7 @@ def implementation_options(model: str) -> tuple[str, ...]:
 
 def separate_implementations(results: pd.DataFrame) -> pd.DataFrame:
     """Rows of a model whose implementation options take several values within a (model, task) carry
-    those values in their model label (``"mingru mode=scan"``): each implementation is then reported
+    those values in their model label (``"mymodel mode=scan"``): each implementation is then reported
     as a model of its own, never a setting that ``--select best`` chooses between."""
     labels = results["model"].copy()
     for model, rows in results.groupby("model"):
