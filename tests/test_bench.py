@@ -33,6 +33,10 @@ def test_bench_json_has_every_model_and_length(capsys):
         assert row["error"] == ""
         assert len(row["times_ms"]) == 2 and all(t > 0 for t in row["times_ms"])
         assert row["ms_per_step"] > 0 and row["ratio_to_reference"] > 0
+        assert row["ms_min"] <= row["ms_per_step"] <= row["ms_max"]
+        assert row["ms_min"] == min(row["times_ms"]) and row["ms_max"] == max(row["times_ms"])
+        assert len(row["floor_times_ms"]) == 2 and row["floor_ms_min"] <= row["floor_ms"] <= row["floor_ms_max"]
+        assert row["ratio_to_floor"] == pytest.approx(row["ms_per_step"] / row["floor_ms"])
         assert row["peak_memory_mb"] is None
     assert all(r["ratio_to_reference"] == 1.0 for r in rows if r["model"] == "lstm")
     assert report["config"]["batch_size"] == 4 and report["config"]["threads"] == 1
@@ -56,7 +60,8 @@ def test_bench_table_lists_ms_ratio_and_memory(capsys):
     table = {cells[1]: cells for cells in lines if len(cells) >= 5 and cells[0] == "4"}
     assert set(table) == {"lstm", "rnn"}
     for cells in table.values():
-        float(cells[2]), float(cells[3]), float(cells[4])  # ms/step, ratio, peak MiB are numbers
+        # ms/step, floor ms, ratio to the floor, ratio to lstm, peak MiB are numbers
+        float(cells[2]), float(cells[4]), float(cells[5]), float(cells[6]), float(cells[7])
 
 
 def test_memory_probe_runs_in_a_fresh_process():
@@ -88,3 +93,52 @@ def test_format_report_without_reference():
     report = run_bench(config)
     assert report["results"][0]["ratio_to_reference"] is None
     assert "rnn" in format_report(report)
+
+
+def _floor_gflop(gates: int, batch: int, length: int, inputs: int, hidden: int) -> float:
+    """6·B·T·(I + H)·G·H: the forward and two backward products of W_ih and W_hh over every position."""
+    return 6 * batch * length * (inputs + hidden) * gates * hidden / 1e9
+
+
+def test_floor_counts_each_models_products(capsys):
+    assert main(["bench", "--models", "rnn,gru,cifg,peephole,bilstm", *TINY, "--no-memory", "--json"]) == 0
+    rows = {(r["model"], r["length"]): r for r in json.loads(capsys.readouterr().out)["results"]}
+    gates = {"rnn": 1, "lstm": 4, "gru": 3, "cifg": 3, "peephole": 4, "bilstm": 8}  # bilstm: two directions
+    for (model, length), row in rows.items():
+        assert row["floor_gflop"] == pytest.approx(_floor_gflop(gates[model], 4, length, 3, 8)), model
+    assert rows["peephole", 3]["floor_note"] == "element-wise, not in the floor: cell.peephole_weights 3x8"
+    assert rows["lstm", 3]["floor_note"] == "" and rows["cifg", 3]["implementation"]
+
+
+def test_threads_default_to_one(capsys):
+    without = TINY[:TINY.index("--threads")] + TINY[TINY.index("--threads") + 2:]
+    assert main(["bench", "--models", "rnn", *without, "--no-memory", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"]["threads"] == 1 and report["machine"]["torch_threads"] == 1
+
+
+def test_model_options_reach_the_builder(capsys):
+    assert main(["bench", "--models", "peephole", *TINY, "--no-memory", "--json",
+                 "--model-opt", "peephole:peepholes=false"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    peephole = [r for r in report["results"] if r["model"] == "peephole"]
+    assert report["config"]["model_options"] == {"peephole": {"peepholes": False}}
+    assert all(r["floor_note"] == "" for r in peephole)  # no peephole weights to leave out
+
+
+def test_model_option_axis_is_one_line_error(capsys):
+    assert main(["bench", "--models", "cifg", *TINY, "--model-opt", "forget_bias=1,3"]) == 2
+    assert "one value per option" in capsys.readouterr().err
+    assert main(["bench", "--models", "cifg", *TINY, "--model-opt", "cifg:no_such=1"]) == 2
+    assert "has no option 'no_such'" in capsys.readouterr().err
+
+
+def test_table_shows_floor_and_spread(capsys):
+    assert main(["bench", "--models", "cifg", *TINY, "--lengths", "4", "--no-memory", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    header = next(line.split() for line in lines if line.split()[:2] == ["T", "model"])
+    assert header[2:6] == ["ms/step", "min-max", "floor", "ms"] and "x" in header and "floor" in header[6:]
+    cells = next(line.split() for line in lines if line.split()[:2] == ["4", "cifg"])
+    low, high = (float(v) for v in cells[3].split("-"))
+    assert low <= float(cells[2]) <= high and float(cells[4]) > 0 and float(cells[5]) > 0
