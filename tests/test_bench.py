@@ -37,6 +37,8 @@ def test_bench_json_has_every_model_and_length(capsys):
         assert row["ms_min"] == min(row["times_ms"]) and row["ms_max"] == max(row["times_ms"])
         assert len(row["floor_times_ms"]) == 2 and row["floor_ms_min"] <= row["floor_ms"] <= row["floor_ms_max"]
         assert row["ratio_to_floor"] == pytest.approx(row["ms_per_step"] / row["floor_ms"])
+        assert len(row["cpu_times_ms"]) == len(row["floor_cpu_times_ms"]) == 2
+        assert row["cpu_ratio_to_floor"] == pytest.approx(row["cpu_ms_per_step"] / row["floor_cpu_ms"])
         assert row["peak_memory_mb"] is None
     assert all(r["ratio_to_reference"] == 1.0 for r in rows if r["model"] == "lstm")
     assert report["config"]["batch_size"] == 4 and report["config"]["threads"] == 1
@@ -60,8 +62,8 @@ def test_bench_table_lists_ms_ratio_and_memory(capsys):
     table = {cells[1]: cells for cells in lines if len(cells) >= 5 and cells[0] == "4"}
     assert set(table) == {"lstm", "rnn"}
     for cells in table.values():
-        # ms/step, floor ms, ratio to the floor, ratio to lstm, peak MiB are numbers
-        float(cells[2]), float(cells[4]), float(cells[5]), float(cells[6]), float(cells[7])
+        # ms/step, floor ms, ratio to the floor (wall, cpu), ratio to lstm, peak MiB are numbers
+        float(cells[2]), float(cells[4]), float(cells[5]), float(cells[6]), float(cells[7]), float(cells[8])
 
 
 def test_memory_probe_runs_in_a_fresh_process():
@@ -138,7 +140,7 @@ def test_table_shows_floor_and_spread(capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     header = next(line.split() for line in lines if line.split()[:2] == ["T", "model"])
-    assert header[2:6] == ["ms/step", "min-max", "floor", "ms"] and "x" in header and "floor" in header[6:]
+    assert header[2:8] == ["ms/step", "min-max", "floor", "ms", "x", "floor"] and header[8:11] == ["cpu", "x", "floor"]
     cells = next(line.split() for line in lines if line.split()[:2] == ["4", "cifg"])
     low, high = (float(v) for v in cells[3].split("-"))
     assert low <= float(cells[2]) <= high and float(cells[4]) > 0 and float(cells[5]) > 0

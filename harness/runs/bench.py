@@ -75,12 +75,17 @@ class BenchRow:
     floor_ms_min: float | None = None
     floor_ms_max: float | None = None
     ratio_to_floor: float | None = None  # ms_per_step / floor_ms
+    cpu_ms_per_step: float | None = None  # median CPU time of this process per step
+    floor_cpu_ms: float | None = None
+    cpu_ratio_to_floor: float | None = None  # the same ratio in CPU time: steadier on a shared machine
     floor_gflop: float | None = None  # flops of the floor's products per training step
     floor_note: str = ""  # what the floor leaves out, or "n/a: why"
     implementation: str = ""  # the model's own ``implementation`` attribute, if it has one
     peak_memory_mb: float | None = None
     times_ms: list[float] = field(default_factory=list)
     floor_times_ms: list[float] = field(default_factory=list)
+    cpu_times_ms: list[float] = field(default_factory=list)
+    floor_cpu_times_ms: list[float] = field(default_factory=list)
     error: str = ""
 
 
@@ -124,15 +129,15 @@ class _Subject:
         torch.nn.utils.clip_grad_norm_(self.parameters, self.clip)
         self.optimizer.step()
 
-    def timed_step(self) -> float:
-        """Seconds for one step, the device synchronised on both sides."""
+    def timed_step(self) -> tuple[float, float]:
+        """Wall-clock and CPU seconds (this process) for one step, the device synchronised on both sides."""
         from harness.runs.environment import synchronize
 
         synchronize(self.device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         self.step()
         synchronize(self.device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
 
 def _describe(exc: BaseException) -> str:
@@ -166,11 +171,13 @@ def time_length(config: BenchConfig, length: int, progress=None) -> list[BenchRo
     timer = GemmTimer(config.batch_size * length, device=config.device)
     if config.warmup:
         timer.time_round(shapes)
-        timer.times.clear()
+        timer.clear()
     for _ in range(config.repeats):
         for name in list(subjects):
             try:
-                rows[name].times_ms.append(subjects[name].timed_step() * 1e3)
+                wall, cpu = subjects[name].timed_step()
+                rows[name].times_ms.append(wall * 1e3)
+                rows[name].cpu_times_ms.append(cpu * 1e3)
             except Exception as exc:
                 rows[name].error = _describe(exc)
                 del subjects[name]
@@ -178,13 +185,15 @@ def time_length(config: BenchConfig, length: int, progress=None) -> list[BenchRo
     subjects.clear()
     for name, row in rows.items():
         if name in products:
-            _set_floor(row, products[name], [s * 1e3 for s in timer.floor_seconds(products[name])],
-                       config.batch_size * length)
+            _set_floor(row, products[name], timer, config.batch_size * length)
         if row.times_ms and not row.error:
             row.ms_per_step = statistics.median(row.times_ms)
             row.ms_min, row.ms_max = min(row.times_ms), max(row.times_ms)
+            row.cpu_ms_per_step = statistics.median(row.cpu_times_ms)
             if row.floor_ms:
                 row.ratio_to_floor = row.ms_per_step / row.floor_ms
+            if row.floor_cpu_ms:
+                row.cpu_ratio_to_floor = row.cpu_ms_per_step / row.floor_cpu_ms
     reference = rows.get(config.reference) if config.reference else None
     if reference is not None and reference.ms_per_step:
         for row in rows.values():
@@ -193,15 +202,17 @@ def time_length(config: BenchConfig, length: int, progress=None) -> list[BenchRo
     return list(rows.values())
 
 
-def _set_floor(row: BenchRow, products: Any, floor_ms: list[float], positions: int) -> None:
+def _set_floor(row: BenchRow, products: Any, timer: Any, positions: int) -> None:
     row.floor_note = products.note
     if not products.shapes:
         return
     row.floor_gflop = products.flops(positions) / 1e9
-    row.floor_times_ms = floor_ms
-    if floor_ms:
-        row.floor_ms = statistics.median(floor_ms)
-        row.floor_ms_min, row.floor_ms_max = min(floor_ms), max(floor_ms)
+    row.floor_times_ms = [s * 1e3 for s in timer.floor_seconds(products)]
+    row.floor_cpu_times_ms = [s * 1e3 for s in timer.floor_seconds(products, cpu=True)]
+    if row.floor_times_ms:
+        row.floor_ms = statistics.median(row.floor_times_ms)
+        row.floor_ms_min, row.floor_ms_max = min(row.floor_times_ms), max(row.floor_times_ms)
+        row.floor_cpu_ms = statistics.median(row.floor_cpu_times_ms)
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,23 +375,25 @@ def format_report(report: dict[str, Any]) -> str:
         f"{machine['torch_threads']} torch thread(s), torch {machine['torch']}, "
         f"allocator tuning {'on' if machine['malloc_tuned'] else 'off'}",
         "floor: the model's own matrix products (from its parameter shapes) as one large GEMM each, "
-        "forward and both backward, timed in the same rounds",
+        "forward and both backward, timed in the same rounds; cpu x floor: the same ratio in CPU time "
+        "of this process (steadier on a busy machine; with one thread)",
         f"memory: {report['memory_method']}",
         "",
     ]
-    header = ("T", "model", "ms/step", "min-max", "floor ms", "x floor", f"x {report['reference'] or 'ref'}",
-              "peak MiB", "implementation")
+    header = ("T", "model", "ms/step", "min-max", "floor ms", "x floor", "cpu x floor",
+              f"x {report['reference'] or 'ref'}", "peak MiB", "implementation")
     table, notes = [], []
     for row in report["results"]:
         table.append((str(row["length"]), row["model"], _number(row["ms_per_step"]),
                       _spread(row["ms_min"], row["ms_max"]), _number(row["floor_ms"]),
-                      _number(row["ratio_to_floor"], 2), _number(row["ratio_to_reference"], 2),
+                      _number(row["ratio_to_floor"], 2), _number(row["cpu_ratio_to_floor"], 2),
+                      _number(row["ratio_to_reference"], 2),
                       _number(row["peak_memory_mb"], 0), row["implementation"] or "-"))
         for text in (row["floor_note"], row["error"] and f"error: {row['error']}"):
             if text and f"{row['model']}: {text}" not in notes:
                 notes.append(f"{row['model']}: {text}")
     widths = [max(len(r[i]) for r in (header, *table)) for i in range(len(header))]
-    right = {0, 2, 3, 4, 5, 6, 7}
+    right = {0, 2, 3, 4, 5, 6, 7, 8}
 
     def fmt(cells: Sequence[str]) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)

@@ -88,10 +88,11 @@ class GemmTimer:
         self.positions = positions
         self.dtype = dtype
         self.device = torch.device(device)
-        self.times: dict[tuple[int, int], list[float]] = {}
+        self.times: dict[tuple[int, int], list[float]] = {}  # wall-clock seconds per round
+        self.cpu_times: dict[tuple[int, int], list[float]] = {}  # CPU seconds of this process per round
 
     def time_shape(self, rows: int, cols: int) -> float:
-        """Seconds of ``Y = X Wᵀ``, ``dX = dY W``, ``dW = dYᵀ X`` for ``positions`` rows of X (recorded)."""
+        """Seconds of ``Y = X Wᵀ``, ``dX = dY W``, ``dWᵀ = Xᵀ dY`` for ``positions`` rows of X (recorded)."""
         from harness.runs.environment import synchronize
 
         itemsize = torch.empty((), dtype=self.dtype).element_size()
@@ -102,16 +103,18 @@ class GemmTimer:
                  torch.empty(chunk, cols, dtype=dtype, device=device))
         y, dy = (torch.empty(chunk, rows, dtype=dtype, device=device),
                  torch.randn(chunk, rows, dtype=dtype, device=device))
-        w, dw = (torch.randn(rows, cols, dtype=dtype, device=device),
-                 torch.empty(rows, cols, dtype=dtype, device=device))
+        w, dw_t = (torch.randn(rows, cols, dtype=dtype, device=device),
+                   torch.empty(cols, rows, dtype=dtype, device=device))
         synchronize(self.device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         torch.mm(x, w.t(), out=y)
         torch.mm(dy, w, out=dx)
-        torch.mm(dy.t(), x, out=dw)
+        torch.mm(x.t(), dy, out=dw_t)  # dWᵀ: the fast operand order when X is narrow (see harness.cells)
         synchronize(self.device)
-        seconds = (time.perf_counter() - start) * self.positions / chunk
+        scale = self.positions / chunk
+        seconds = (time.perf_counter() - start) * scale
         self.times.setdefault((rows, cols), []).append(seconds)
+        self.cpu_times.setdefault((rows, cols), []).append((time.process_time() - cpu) * scale)
         return seconds
 
     def time_round(self, shapes: Iterable[tuple[int, int]]) -> None:
@@ -119,9 +122,15 @@ class GemmTimer:
         for rows, cols in dict.fromkeys(shapes):
             self.time_shape(rows, cols)
 
-    def floor_seconds(self, products: Products) -> list[float]:
-        """Per timed round, the floor of ``products``: the sum of its shapes' times in that round."""
+    def clear(self) -> None:
+        self.times.clear()
+        self.cpu_times.clear()
+
+    def floor_seconds(self, products: Products, cpu: bool = False) -> list[float]:
+        """Per timed round, the floor of ``products``: the sum of its shapes' times in that round
+        (wall-clock, or with ``cpu`` the CPU time of this process)."""
+        times = self.cpu_times if cpu else self.times
         if not products.shapes:
             return []
-        rounds = min(len(self.times.get(shape, [])) for shape in products.shapes)
-        return [sum(self.times[shape][i] for shape in products.shapes) for i in range(rounds)]
+        rounds = min(len(times.get(shape, [])) for shape in products.shapes)
+        return [sum(times[shape][i] for shape in products.shapes) for i in range(rounds)]
