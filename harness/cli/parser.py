@@ -159,7 +159,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                             "one thread is also far steadier on a shared machine)")
     bench.add_argument("--model-opt", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
                        help="model option, as in 'harness run', for every model that takes it or for one "
-                            "(e.g. peephole:peepholes=false); one value per option; repeatable")
+                            "(e.g. NAME:forget_bias=3); one value per option; repeatable")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

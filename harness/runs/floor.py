@@ -15,7 +15,7 @@ without declaring anything:
 - a 2-D parameter counts as a matrix applied at every position when its row count is a multiple of
   the hidden size (G gate blocks of H rows, the layout of ``torch.nn.LSTM``/GRU/RNN and of
   :class:`harness.cells.GatedCell`) or it is the weight of an ``nn.Linear``;
-- any other parameter (a 1-D bias, or a 2-D stack of per-unit vectors such as peephole weights,
+- any other parameter (a 1-D bias, or a 2-D stack of per-unit vectors such as diagonal "peep" weights,
   3 × H) is taken as element-wise and has no product in the floor;
 - matrices with the same row count add into the same pre-activations (``W_ih x + W_hh h``), so they
   are timed as one GEMM over their concatenated columns (the cheapest way to do those flops);
