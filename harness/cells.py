@@ -14,13 +14,13 @@ the next state. :class:`CellLoop` does the rest the same way for every cell:
   :class:`_Projection` adds the weight's gradient from the recorded ``h_{t-1}``).
 
 So the per-step graph holds the cell's own operations and one ``addmm`` whose backward computes
-only ``dh_{t-1}``: no concatenation and no per-step weight gradient to accumulate. Measured on the
-MGU example (examples/harness-mgu; T = 1000, batch 32, H = 64, input 17, one thread, CPU time,
-``benchmarks/cell_loop.py``), this is 10-15% less time per training step than the former loop
-(one product of ``[x_t, h_{t-1}]`` with ``[W_ih W_hh]`` per step), all of it in the backward pass;
-the rest of the step is the cell's own operations, a few microseconds each, which no loop can
-remove without compiling the cell. Results equal the per-step equations (the same products, summed
-in a different order: float64 to ~1e-15).
+only ``dh_{t-1}``: no concatenation and no per-step weight gradient to accumulate. The weight
+gradients are taken as ``(Xᵀ dG)ᵀ``, the operand order MKL runs fast when X is narrow (few inputs;
+``dGᵀ X`` was several times slower, part of why an up-front projection had once measured slower
+than a per-step product over ``[x_t, h_{t-1}]``). The gain against that former loop, and why a cell
+on this loop stays well above its floor (the cell's own operations, a few microseconds each), are
+measured in docs/performance.md ("Issue #20", ``benchmarks/cell_loop.py``). Results equal the
+per-step equations (the same products, summed in another order).
 
 Under ``torch.compile`` the loop takes the plain path (a per-step product over the concatenation),
 which the compiler traces without a custom autograd function. The inputs are unbound once;
