@@ -5,8 +5,9 @@
 ``[x_t, h_{t-1}]`` with ``[W_ih W_hh]`` per step), kept for ``torch.compile``. This script trains
 two copies of each cell, one per path, round-robin, and prints per path the median (min-max) of a
 training step (forward, backward, Adam; cross-entropy of a linear head on the last state) in wall
-time and in CPU time of this process (steadier on a shared machine), and the cell's floor (its
-matrix products as large GEMMs, :mod:`harness.runs.floor`, timed in the same rounds).
+time and in CPU time of this process (steadier on a shared machine), the cell's floor (its matrix
+products as large GEMMs, :mod:`harness.runs.floor`, timed in the same rounds) and the ratios to it,
+and the per-round ratio of the two paths' CPU times.
 
     python benchmarks/cell_loop.py                               # mgu; T = 1000, batch 32, H 64, input 17
     python benchmarks/cell_loop.py --models mgu,cifg,peephole --rounds 15
@@ -42,6 +43,9 @@ def _summary(values: list[float]) -> str:
 
 
 def main() -> None:
+    from harness.runs.allocator import tune_malloc
+
+    tune_malloc()  # as harness bench and harness run do, before torch allocates
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="mgu")
     parser.add_argument("--length", type=int, default=1000)
@@ -79,9 +83,11 @@ def main() -> None:
           f"{args.threads} thread(s), {args.rounds} rounds; ms per training step, median (min-max)")
     for (name, path), values in times.items():
         floor = statistics.median(s * 1e3 for s in timer.floor_seconds(floors[name]))
+        floor_cpu = statistics.median(s * 1e3 for s in timer.floor_seconds(floors[name], cpu=True))
         wall, cpu = [v[0] for v in values], [v[1] for v in values]
-        print(f"{name:9s} {path:14s} wall {_summary(wall)}  cpu {_summary(cpu)}  floor {floor:5.1f}  "
-              f"x floor (wall) {statistics.median(wall) / floor:4.2f}")
+        print(f"{name:9s} {path:14s} wall {_summary(wall)}  cpu {_summary(cpu)}  floor wall {floor:5.1f} "
+              f"cpu {floor_cpu:5.1f}  x floor: wall {statistics.median(wall) / floor:4.2f} "
+              f"cpu {statistics.median(cpu) / floor_cpu:4.2f}")
     for name in floors:
         ratios = [a[1] / b[1] for a, b in zip(times[name, "_projected"], times[name, "_concatenated"])]
         print(f"{name}: cpu time projected / concatenated, per round: median {statistics.median(ratios):.3f} "
