@@ -144,3 +144,40 @@ def test_table_shows_floor_and_spread(capsys):
     cells = next(line.split() for line in lines if line.split()[:2] == ["4", "cifg"])
     low, high = (float(v) for v in cells[3].split("-"))
     assert low <= float(cells[2]) <= high and float(cells[4]) > 0 and float(cells[5]) > 0
+
+
+DIAGONAL_MODEL = '''
+import torch
+from torch import nn
+from harness import hookimpl
+
+
+class Diagonal(nn.Module):
+    """h_t = a * h_{t-1} + tanh(x_t summed): a diagonal recurrence, no matrix products."""
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        self.decay = nn.Parameter(torch.full((hidden_size,), 0.5))
+        self.output_size = hidden_size
+    def forward(self, x):
+        h = x.new_zeros(x.shape[0], self.output_size)
+        outputs = []
+        for x_t in x.unbind(1):
+            h = self.decay * h + torch.tanh(x_t.sum(1, keepdim=True))
+            outputs.append(h)
+        return torch.stack(outputs, 1), h
+
+
+@hookimpl
+def register_models(register):
+    register("diagonal", Diagonal, description="A diagonal recurrence.")
+'''
+
+
+def test_model_without_matrices_has_no_floor(tmp_path, capsys):
+    plugin = tmp_path / "diagonal_models.py"
+    plugin.write_text(DIAGONAL_MODEL)
+    assert main(["bench", "--plugin", str(plugin), "--models", "diagonal", *TINY, "--no-memory", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    cells = next(line.split() for line in out.splitlines() if line.split()[:2] == ["3", "diagonal"])
+    assert float(cells[2]) > 0 and cells[4:7] == ["-", "-", "-"]  # ms/step; no floor, no ratios to it
+    assert "diagonal: n/a: no 2-D parameter with a multiple of H rows" in out
