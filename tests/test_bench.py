@@ -58,12 +58,16 @@ def test_bench_table_lists_ms_ratio_and_memory(capsys):
     assert main(["bench", "--models", "rnn", *TINY, "--lengths", "4", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "ms/step" in out and "x lstm" in out and "peak MiB" in out
+    header = next(line.split() for line in out.splitlines() if line.split()[:2] == ["T", "model"])
+    assert header[2:11] == ["ms/step", "min-max", "floor", "ms", "x", "floor", "cpu", "x", "floor"]
     lines = [line.split() for line in out.splitlines()]
     table = {cells[1]: cells for cells in lines if len(cells) >= 5 and cells[0] == "4"}
     assert set(table) == {"lstm", "rnn"}
     for cells in table.values():
         # ms/step, floor ms, ratio to the floor (wall, cpu), ratio to lstm, peak MiB are numbers
         float(cells[2]), float(cells[4]), float(cells[5]), float(cells[6]), float(cells[7]), float(cells[8])
+        low, high = (float(v) for v in cells[3].split("-"))  # the spread of the repeats
+        assert low <= float(cells[2]) <= high
 
 
 def test_memory_probe_runs_in_a_fresh_process():
@@ -112,17 +116,12 @@ def test_floor_counts_each_models_products(capsys):
     assert rows["lstm", 3]["floor_note"] == "" and rows["cifg", 3]["implementation"]
 
 
-def test_threads_default_to_one(capsys):
-    without = TINY[:TINY.index("--threads")] + TINY[TINY.index("--threads") + 2:]
-    assert main(["bench", "--models", "rnn", *without, "--no-memory", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["config"]["threads"] == 1 and report["machine"]["torch_threads"] == 1
-
-
-def test_model_options_reach_the_builder(capsys):
-    assert main(["bench", "--models", "peephole", *TINY, "--no-memory", "--json",
+def test_model_options_reach_the_builder_and_one_thread_is_the_default(capsys):
+    without_threads = TINY[:TINY.index("--threads")] + TINY[TINY.index("--threads") + 2:]
+    assert main(["bench", "--models", "peephole", *without_threads, "--no-memory", "--json",
                  "--model-opt", "peephole:peepholes=false"]) == 0
     report = json.loads(capsys.readouterr().out)
+    assert report["config"]["threads"] == 1 and report["machine"]["torch_threads"] == 1
     peephole = [r for r in report["results"] if r["model"] == "peephole"]
     assert report["config"]["model_options"] == {"peephole": {"peepholes": False}}
     assert all(r["floor_note"] == "" for r in peephole)  # no peephole weights to leave out
@@ -133,17 +132,6 @@ def test_model_option_axis_is_one_line_error(capsys):
     assert "one value per option" in capsys.readouterr().err
     assert main(["bench", "--models", "cifg", *TINY, "--model-opt", "cifg:no_such=1"]) == 2
     assert "has no option 'no_such'" in capsys.readouterr().err
-
-
-def test_table_shows_floor_and_spread(capsys):
-    assert main(["bench", "--models", "cifg", *TINY, "--lengths", "4", "--no-memory", "--quiet"]) == 0
-    out = capsys.readouterr().out
-    lines = out.splitlines()
-    header = next(line.split() for line in lines if line.split()[:2] == ["T", "model"])
-    assert header[2:8] == ["ms/step", "min-max", "floor", "ms", "x", "floor"] and header[8:11] == ["cpu", "x", "floor"]
-    cells = next(line.split() for line in lines if line.split()[:2] == ["4", "cifg"])
-    low, high = (float(v) for v in cells[3].split("-"))
-    assert low <= float(cells[2]) <= high and float(cells[4]) > 0 and float(cells[5]) > 0
 
 
 DIAGONAL_MODEL = '''
