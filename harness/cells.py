@@ -3,19 +3,31 @@
 A :class:`GatedCell` owns an input projection ``W_ih`` and a recurrent projection ``W_hh`` with
 ``num_gates`` blocks of ``hidden_size`` rows (the layout and initialisation of ``torch.nn.LSTM``)
 and defines only ``step``: the nonlinearity that turns the pre-activations of one time step into
-the next state. :class:`CellLoop` does the rest the same way for every cell: at each time step one
-matrix product of ``[x_t, h_{t-1}]`` with ``[W_ih W_hh]`` (concatenated once per forward pass)
-gives the pre-activations, then ``step`` gives the next state.
+the next state. :class:`CellLoop` does the rest the same way for every cell:
 
-One product per step over the concatenation, rather than one product projecting the whole input
-sequence up front plus a recurrent product per step, was measured to be faster on the CPU: the
-up-front projection is a ``(batch, length, gates * hidden)`` tensor written once, unbound, and
-its gradient stacked and reduced again, which costs more memory traffic than the per-step
-concatenation of a few inputs (see docs/performance.md). The inputs are unbound once; indexing
-``x[:, t]`` inside the loop would make the backward pass quadratic in the length.
+- the input projection ``W_ih x_t + b`` of every time step is one large product up front (and its
+  gradients, ``dX`` and ``dW_ih``, one large product each in the backward pass);
+- at each time step one ``addmm`` adds ``W_hh h_{t-1}`` to that step's slice, and ``step`` gives
+  the next state;
+- ``W_hh``'s gradient, ``sum_t dG_t^T h_{t-1}``, is one large product at the end of the backward
+  pass instead of a small one per step (the per-step product uses ``W_hh`` detached, and
+  :class:`_Projection` adds the weight's gradient from the recorded ``h_{t-1}``).
+
+So the per-step graph holds the cell's own operations and one ``addmm`` whose backward computes
+only ``dh_{t-1}``: no concatenation and no per-step weight gradient to accumulate. The weight
+gradients are taken as ``(Xᵀ dG)ᵀ``, the operand order MKL runs fast when X is narrow (few inputs;
+``dGᵀ X`` was several times slower, part of why an up-front projection had once measured slower
+than a per-step product over ``[x_t, h_{t-1}]``). The gain against that former loop, and why a cell
+on this loop stays well above its floor (the cell's own operations, a few microseconds each), are
+measured in docs/performance.md ("Issue #20", ``benchmarks/cell_loop.py``). Results equal the
+per-step equations (the same products, summed in another order).
+
+Under ``torch.compile`` the loop takes the plain path (a per-step product over the concatenation),
+which the compiler traces without a custom autograd function. The inputs are unbound once;
+indexing ``x[:, t]`` inside the loop would make the backward pass quadratic in the length.
 
 A cell may run its step some other way than its eager equations (the built-in gated cells
-cells use fused CPU kernels from their plugin); it says so in an ``implementation`` attribute,
+use fused CPU kernels from their plugin); it says so in an ``implementation`` attribute,
 which :attr:`CellLoop.implementation` reports for result provenance. This module knows nothing
 about any such kernels.
 """
@@ -23,6 +35,7 @@ about any such kernels.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -85,15 +98,65 @@ class CellLoop(nn.Module):
         return getattr(self.cell, "implementation", "eager")
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if inputs.dim() != 3 or inputs.shape[1] == 0:
+            raise ValueError(f"CellLoop expects inputs (batch, length >= 1, features), got {tuple(inputs.shape)}")
+        outputs = self._concatenated(inputs) if torch.compiler.is_compiling() else self._projected(inputs)
+        if self.keep_states:
+            self.states = outputs
+        return torch.stack(outputs, 1), outputs[-1]
+
+    def _projected(self, inputs: torch.Tensor) -> list[torch.Tensor]:
+        """The input projection up front, one ``addmm`` per step, ``W_hh``'s gradient at the end."""
+        cell = self.cell
+        batch, length, features = inputs.shape
+        previous: list[torch.Tensor] = []  # h_{t-1} of every step, for W_hh's gradient
+        projected = _Projection.apply(inputs.transpose(0, 1).reshape(length * batch, features), cell.weight_ih,
+                                      cell.bias_ih + cell.bias_hh, cell.weight_hh, previous)
+        recurrent = cell.weight_hh.detach().t()  # its gradient comes from _Projection
+        state = cell.initial_state(batch, inputs)
+        outputs = []
+        for projected_t in projected.view(length, batch, -1).unbind(0):
+            previous.append(state[0].detach())
+            state = cell.step(torch.addmm(projected_t, state[0], recurrent), state)
+            outputs.append(state[0])
+        return outputs
+
+    def _concatenated(self, inputs: torch.Tensor) -> list[torch.Tensor]:
+        """One product of ``[x_t, h_{t-1}]`` with ``[W_ih W_hh]`` per step (plain autograd, for compilers)."""
         cell = self.cell
         weight = torch.cat([cell.weight_ih, cell.weight_hh], 1).t()  # (input + hidden, gates * hidden)
         bias = cell.bias_ih + cell.bias_hh
         state = cell.initial_state(inputs.shape[0], inputs)
         outputs = []
         for x_t in inputs.unbind(1):
-            gates = torch.addmm(bias, torch.cat([x_t, state[0]], 1), weight)
-            state = cell.step(gates, state)
+            state = cell.step(torch.addmm(bias, torch.cat([x_t, state[0]], 1), weight), state)
             outputs.append(state[0])
-        if self.keep_states:
-            self.states = outputs
-        return torch.stack(outputs, 1), outputs[-1]
+        return outputs
+
+
+class _Projection(torch.autograd.Function):
+    """``X W_ihᵀ + b`` for every position (time-major rows); its backward also gives ``W_hh``'s gradient.
+
+    Every step adds ``W_hh h_{t-1}`` (``W_hh`` detached) to its rows, so the gradient reaching these
+    rows is the gradient of the pre-activations ``dG``, and ``dW_hh = dGᵀ [h_{-1}; ...; h_{T-2}]``, with
+    the states ``previous`` that the loop records while it runs. One large product instead of one per step.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, inputs: torch.Tensor, weight_ih: torch.Tensor, bias: torch.Tensor,
+                weight_hh: torch.Tensor, previous: list[torch.Tensor]) -> torch.Tensor:
+        ctx.save_for_backward(inputs, weight_ih)
+        ctx.previous = previous
+        return torch.addmm(bias, inputs, weight_ih.t())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        inputs, weight_ih = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        # weight gradients as (Xᵀ dG)ᵀ: MKL runs dGᵀ X several times slower when X is narrow (few inputs)
+        return (grad.mm(weight_ih) if needs[0] else None,
+                inputs.t().mm(grad).t() if needs[1] else None,
+                grad.sum(0) if needs[2] else None,
+                torch.cat(ctx.previous).t().mm(grad).t() if needs[3] else None,
+                None)

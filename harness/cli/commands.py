@@ -220,8 +220,9 @@ def bench(args: argparse.Namespace) -> int:
 
     tune_malloc()  # before torch allocates anything, as 'harness run' does
     from harness.registry.loader import get_state
+    from harness.runs import options as O
     from harness.runs.bench import BenchConfig, format_report, run_bench
-    from harness.runs.environment import available_cores, resolve_device
+    from harness.runs.environment import resolve_device
 
     registry = get_state().models
     if args.models:
@@ -236,13 +237,19 @@ def bench(args: argparse.Namespace) -> int:
     names = list(dict.fromkeys(names))
     for flag, value, least in (("--batch-size", args.batch_size, 1), ("--hidden-size", args.hidden_size, 1),
                                ("--input-size", args.input_size, 1), ("--repeats", args.repeats, 1),
-                               ("--warmup", args.warmup, 0), ("--threads", args.threads or 1, 1)):
+                               ("--warmup", args.warmup, 0), ("--threads", args.threads, 1)):
         if value < least:
             raise HarnessError(f"{flag}: {value} is less than {least}")
+    resolved = O.resolve(O.parse_items(args.model_opt, "--model-opt"), registry, names, "--model-opt")
+    for name, choices in resolved.items():
+        if len(choices) > 1:
+            raise HarnessError(f"--model-opt: bench takes one value per option; '{name}' was given "
+                               f"{len(choices)} combinations (sweep them with 'harness run')")
     config = BenchConfig(models=tuple(names), lengths=tuple(S.length_list(args.lengths, "--lengths")),
                          batch_size=args.batch_size, hidden_size=args.hidden_size, input_size=args.input_size,
                          device=resolve_device(args.device), repeats=args.repeats, warmup=args.warmup,
-                         threads=args.threads or available_cores(), memory=not args.no_memory,
+                         threads=args.threads, memory=not args.no_memory,
+                         model_options={name: choices[0] for name, choices in resolved.items() if choices[0]},
                          reference=reference.name if reference else None)
     progress = None if args.quiet or args.json else (lambda line: print(f"bench: {line}", file=sys.stderr))
     result = run_bench(config, progress)

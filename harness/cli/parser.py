@@ -131,15 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
-        "bench", help="time one training step of every model (ms/step, ratio to the reference, peak memory)",
+        "bench", help="time one training step of every model (ms/step, ratio to its floor and to the reference, "
+                      "peak memory)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Time forward+backward+clip+Adam of every registered model on random inputs: warm-up "
-                    "steps, then the median of repeated steps, the models interleaved round-robin. "
-                    "Prints ms/step, the ratio to the reference model (registered as such; always timed) "
-                    "and the peak memory of a training step.",
+                    "steps, then the median (and min-max) of repeated steps, the models interleaved "
+                    "round-robin. Prints ms/step, the ratio to the model's floor (its own matrix products, "
+                    "derived from its parameter shapes, timed as one large GEMM each in the same rounds), the "
+                    "ratio to the reference model (registered as such; always timed) and the peak memory of a "
+                    "training step. Runs on ONE torch thread per process unless --threads says otherwise.",
         epilog="Peak memory on CPU is the growth of the peak resident set size over warm-up+1 steps, "
                "measured in a fresh process per model and length; on CUDA torch.cuda.max_memory_allocated.\n"
-               "Allocator tuning applies as in 'harness run' (HARNESS_MALLOC=default turns it off).")
+               "Allocator tuning applies as in 'harness run' (HARNESS_MALLOC=default turns it off).\n"
+               "example: harness bench --lengths 1000 --batch-size 32 --hidden-size 64 --input-size 17")
     bench.add_argument("--models", metavar="LIST", help="comma list of models (default: every registered model)")
     bench.add_argument("--lengths", metavar="LIST", default="50,200,1000",
                        help="sequence lengths T (default: 50,200,1000)")
@@ -150,8 +154,12 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--repeats", type=int, default=5, metavar="N",
                        help="timed steps per model and length (default: 5)")
     bench.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed steps first (default: 2)")
-    bench.add_argument("--threads", type=int, metavar="N",
-                       help="torch threads (default: every core; 'harness run' gives each worker cores // workers)")
+    bench.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="torch threads (default: 1, as each worker of 'harness run --workers N' on N cores; "
+                            "one thread is also far steadier on a shared machine)")
+    bench.add_argument("--model-opt", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
+                       help="model option, as in 'harness run', for every model that takes it or for one "
+                            "(e.g. NAME:forget_bias=3); one value per option; repeatable")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

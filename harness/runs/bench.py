@@ -5,9 +5,16 @@ For every model and length a :class:`~harness.model_api.TaskModel` (``readout="l
 ``(batch, length, input_size)``: forward, backward, gradient-norm clipping and an Adam step, the
 same four things a trial does every step (no task data, no evaluation). Each model gets
 ``warmup`` untimed steps; then ``repeats`` timed rounds run the models round-robin, one step each,
-so a change in the machine's load during the benchmark falls on every model alike; the reported
-time is each model's median step. The model registered as the reference (``reference=True``; the
+followed by the GEMMs of the floor, so a change in the machine's load during the benchmark falls on
+every model and on the floor alike; the reported time is each model's median step, with the
+fastest and slowest step beside it. The model registered as the reference (``reference=True``; the
 built-in plugins register the fused ``torch.nn.LSTM``) is always timed, and ratios are taken to it.
+
+The floor (:mod:`harness.runs.floor`) is the time of a model's own matrix products, derived from its
+parameter shapes, as large single GEMMs on the same threads in the same rounds; the ratio of the
+median step to the median floor says how far a model is from what the machine's arithmetic allows.
+One torch thread per process by default: the configuration of ``harness run --workers N`` on N
+cores, and far steadier on a shared machine than every core.
 
 Peak memory:
 
@@ -50,6 +57,7 @@ class BenchConfig:
     warmup: int = 2
     threads: int = 1
     memory: bool = True
+    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model, one value each
     lr: float = 1e-3
     clip: float = 1.0
     reference: str | None = None  # the model ratios are taken to
@@ -59,10 +67,25 @@ class BenchConfig:
 class BenchRow:
     model: str
     length: int
-    ms_per_step: float | None = None
+    ms_per_step: float | None = None  # median of the timed steps
+    ms_min: float | None = None
+    ms_max: float | None = None
     ratio_to_reference: float | None = None
+    floor_ms: float | None = None  # median over the rounds of the model's GEMM floor
+    floor_ms_min: float | None = None
+    floor_ms_max: float | None = None
+    ratio_to_floor: float | None = None  # ms_per_step / floor_ms
+    cpu_ms_per_step: float | None = None  # median CPU time of this process per step
+    floor_cpu_ms: float | None = None
+    cpu_ratio_to_floor: float | None = None  # the same ratio in CPU time: steadier on a shared machine
+    floor_gflop: float | None = None  # flops of the floor's products per training step
+    floor_note: str = ""  # what the floor leaves out, or "n/a: why"
+    implementation: str = ""  # the model's own ``implementation`` attribute, if it has one
     peak_memory_mb: float | None = None
     times_ms: list[float] = field(default_factory=list)
+    floor_times_ms: list[float] = field(default_factory=list)
+    cpu_times_ms: list[float] = field(default_factory=list)
+    floor_cpu_times_ms: list[float] = field(default_factory=list)
     error: str = ""
 
 
@@ -78,11 +101,16 @@ class _Subject:
 
         from harness.model_api import TaskModel
         from harness.registry.loader import get_model
+        from harness.runs.floor import find_products
+        from harness.runs.options import build_core
 
         self.device = torch.device(config.device)
         torch.manual_seed(0)
-        core = get_model(name).build(input_size=config.input_size, hidden_size=config.hidden_size)
+        core = build_core(get_model(name), config.input_size, config.hidden_size, length,
+                          config.model_options.get(name, {}))
         self.model = TaskModel(core, OUTPUT_SIZE, "last").to(self.device)
+        self.products = find_products(core, config.hidden_size)
+        self.implementation = str(getattr(core, "implementation", "") or "")
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.parameters, lr=config.lr)
         self.clip = config.clip
@@ -101,15 +129,15 @@ class _Subject:
         torch.nn.utils.clip_grad_norm_(self.parameters, self.clip)
         self.optimizer.step()
 
-    def timed_step(self) -> float:
-        """Seconds for one step, the device synchronised on both sides."""
+    def timed_step(self) -> tuple[float, float]:
+        """Wall-clock and CPU seconds (this process) for one step, the device synchronised on both sides."""
         from harness.runs.environment import synchronize
 
         synchronize(self.device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         self.step()
         synchronize(self.device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
 
 def _describe(exc: BaseException) -> str:
@@ -121,11 +149,15 @@ def _describe(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------
 
 def time_length(config: BenchConfig, length: int, progress=None) -> list[BenchRow]:
+    """Every model at one length: warm-up, then ``repeats`` rounds of one step each and the floor's GEMMs."""
+    from harness.runs.floor import GemmTimer
+
     rows = {name: BenchRow(name, length) for name in config.models}
     subjects: dict[str, _Subject] = {}
     for name in config.models:
         try:
             subjects[name] = _Subject(name, config, length)
+            rows[name].implementation = subjects[name].implementation
             for _ in range(config.warmup):
                 subjects[name].step()
         except Exception as exc:  # a broken third-party model must not end the benchmark
@@ -134,23 +166,53 @@ def time_length(config: BenchConfig, length: int, progress=None) -> list[BenchRo
         if progress:
             progress(f"T={length} {name}: warmed up" if name in subjects else
                      f"T={length} {name}: failed: {rows[name].error}")
+    products = {name: subject.products for name, subject in subjects.items()}
+    shapes = [shape for found in products.values() for shape in found.shapes]
+    timer = GemmTimer(config.batch_size * length, device=config.device)
+    if config.warmup:
+        timer.time_round(shapes)
+        timer.clear()
     for _ in range(config.repeats):
         for name in list(subjects):
             try:
-                rows[name].times_ms.append(subjects[name].timed_step() * 1e3)
+                wall, cpu = subjects[name].timed_step()
+                rows[name].times_ms.append(wall * 1e3)
+                rows[name].cpu_times_ms.append(cpu * 1e3)
             except Exception as exc:
                 rows[name].error = _describe(exc)
                 del subjects[name]
+        timer.time_round(shapes)
     subjects.clear()
-    for row in rows.values():
+    for name, row in rows.items():
+        if name in products:
+            _set_floor(row, products[name], timer, config.batch_size * length)
         if row.times_ms and not row.error:
             row.ms_per_step = statistics.median(row.times_ms)
+            row.ms_min, row.ms_max = min(row.times_ms), max(row.times_ms)
+            row.cpu_ms_per_step = statistics.median(row.cpu_times_ms)
+            if row.floor_ms:
+                row.ratio_to_floor = row.ms_per_step / row.floor_ms
+            if row.floor_cpu_ms:
+                row.cpu_ratio_to_floor = row.cpu_ms_per_step / row.floor_cpu_ms
     reference = rows.get(config.reference) if config.reference else None
     if reference is not None and reference.ms_per_step:
         for row in rows.values():
             if row.ms_per_step is not None:
                 row.ratio_to_reference = row.ms_per_step / reference.ms_per_step
     return list(rows.values())
+
+
+def _set_floor(row: BenchRow, products: Any, timer: Any, positions: int) -> None:
+    row.floor_note = products.note
+    if not products.shapes:
+        return
+    row.floor_gflop = products.flops(positions) / 1e9
+    row.floor_times_ms = [s * 1e3 for s in timer.floor_seconds(products)]
+    row.floor_cpu_times_ms = [s * 1e3 for s in timer.floor_seconds(products, cpu=True)]
+    if row.floor_times_ms:
+        row.floor_ms = statistics.median(row.floor_times_ms)
+        row.floor_ms_min, row.floor_ms_max = min(row.floor_times_ms), max(row.floor_times_ms)
+        row.floor_cpu_ms = statistics.median(row.floor_cpu_times_ms)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,35 +351,56 @@ def _memory_method(config: BenchConfig) -> str:
     return "peak RSS (VmHWM) growth over warmup+1 steps, one fresh process per model and length"
 
 
+def _number(value: float | None, digits: int | None = None) -> str:
+    """A number for the table; times get more decimals the smaller they are (tiny sizes in tests)."""
+    if value is None:
+        return "-"
+    if digits is None:
+        digits = 0 if value >= 100 else 1 if value >= 10 else 2 if value >= 1 else 3
+    return f"{value:.{digits}f}"
+
+
+def _spread(low: float | None, high: float | None) -> str:
+    return "-" if low is None or high is None else f"{_number(low)}-{_number(high)}"
+
+
 def format_report(report: dict[str, Any]) -> str:
+    """The report as a text table: one block per length, then the notes on floors and errors."""
     config, machine = report["config"], report["machine"]
     lines = [
         f"harness bench: batch {config['batch_size']}, hidden {config['hidden_size']}, input "
-        f"{config['input_size']}; forward+backward+clip+Adam; median of {config['repeats']} steps "
+        f"{config['input_size']}; forward+backward+clip+Adam; median (min-max) of {config['repeats']} steps "
         f"after {config['warmup']} warm-up steps",
         f"device {machine['device']} ({machine.get('gpu') or machine['cpu']}), {machine['cores']} cores, "
-        f"{machine['torch_threads']} torch threads, torch {machine['torch']}, "
+        f"{machine['torch_threads']} torch thread(s), torch {machine['torch']}, "
         f"allocator tuning {'on' if machine['malloc_tuned'] else 'off'}",
+        "floor: the model's own matrix products (from its parameter shapes) as one large GEMM each, "
+        "forward and both backward, timed in the same rounds; cpu x floor: the same ratio in CPU time "
+        "of this process (steadier on a busy machine; with one thread)",
         f"memory: {report['memory_method']}",
         "",
     ]
-    header = ("T", "model", "ms/step", f"x {report['reference'] or 'ref'}", "peak MiB", "")
-    table = []
+    header = ("T", "model", "ms/step", "min-max", "floor ms", "x floor", "cpu x floor",
+              f"x {report['reference'] or 'ref'}", "peak MiB", "implementation")
+    table, notes = [], []
     for row in report["results"]:
-        table.append((str(row["length"]), row["model"],
-                      "-" if row["ms_per_step"] is None else f"{row['ms_per_step']:.1f}",
-                      "-" if row["ratio_to_reference"] is None else f"{row['ratio_to_reference']:.2f}",
-                      "-" if row["peak_memory_mb"] is None else f"{row['peak_memory_mb']:.0f}",
-                      f"error: {row['error']}" if row["error"] else ""))
+        table.append((str(row["length"]), row["model"], _number(row["ms_per_step"]),
+                      _spread(row["ms_min"], row["ms_max"]), _number(row["floor_ms"]),
+                      _number(row["ratio_to_floor"], 2), _number(row["cpu_ratio_to_floor"], 2),
+                      _number(row["ratio_to_reference"], 2),
+                      _number(row["peak_memory_mb"], 0), row["implementation"] or "-"))
+        for text in (row["floor_note"], row["error"] and f"error: {row['error']}"):
+            if text and f"{row['model']}: {text}" not in notes:
+                notes.append(f"{row['model']}: {text}")
     widths = [max(len(r[i]) for r in (header, *table)) for i in range(len(header))]
-    right = {0, 2, 3, 4}
+    right = {0, 2, 3, 4, 5, 6, 7, 8}
 
     def fmt(cells: Sequence[str]) -> str:
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     lines.append(fmt(header))
-    lines.append("  ".join("-" * w for w in widths[:-1]))
+    lines.append("  ".join("-" * w for w in widths))
     previous = None
     for cells in table:
         if previous is not None and cells[0] != previous:
@@ -325,6 +408,7 @@ def format_report(report: dict[str, Any]) -> str:
         previous = cells[0]
         lines.append(fmt(cells))
     lines.append("")
+    lines.extend(notes)
     lines.append(f"({report['seconds']:.0f} s)")
     return "\n".join(lines)
 
