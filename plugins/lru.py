@@ -67,7 +67,7 @@ class LRU(LinearRecurrence):
 
 
 def build_lru(input_size: int, hidden_size: int = 128, state_size: int | None = None, r_min: float = 0.9,
-              r_max: float = 0.999, max_phase: float = math.pi / 10,
+              r_max: float = 0.999, max_phase: float = 0.3141592653589793,  # π/10 as a literal (read without torch)
               mode: Literal["auto", "scan", "loop"] = "auto") -> LRU:
     """LRU with ``state_size`` complex states (default: hidden_size); ring initialisation in [r_min, r_max]."""
     return LRU(input_size, hidden_size, state_size or hidden_size, r_min, r_max, max_phase, mode)
