@@ -306,6 +306,8 @@ def sequence(cell: str, inputs: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Te
     if not isinstance(inputs, torch.Tensor) or inputs.dim() != 3:
         raise ValueError(f"inputs must be a (batch, length, features) tensor, got "
                          f"{tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__}")
+    if inputs.shape[1] < 1:
+        raise ValueError(f"inputs must have length >= 1, got shape {tuple(inputs.shape)}")
     if w_ih.dim() != 2 or w_ih.shape[1] != inputs.shape[2] or b_ih.shape != (w_ih.shape[0],) \
             or b_hh.shape != (w_ih.shape[0],):
         raise ValueError(f"w_ih must be (gates * hidden, {inputs.shape[2]}) and the biases (gates * hidden,), got "
