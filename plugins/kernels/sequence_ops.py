@@ -1,21 +1,25 @@
 """Whole-sequence kernels of the built-in cells as torch operators, and their differentiable entry point.
 
 Why: at batch 32, hidden 64, a Python loop over time spends more on per-step dispatch than on
-arithmetic. Here one large GEMM makes every step's input-side pre-activations, a C loop over time
-does each step's small recurrent product (through torch's own BLAS) and the fused pointwise step,
-and backward runs a C loop over time the other way; the weight and input gradients are then large
-GEMMs over all steps (docs/performance.md, "Whole-sequence kernels").
+arithmetic. Here a C loop over time does each step's product of [x_t, h_{t-1}] with [W_ih W_hh]
+(through torch's own BLAS) and the fused pointwise step, and backward runs a C loop the other way
+(the pointwise backward and the recurrent product for dL/dh_{t-1}); the weight gradients are then one
+large GEMM over all steps (docs/performance.md, "Whole-sequence kernels").
 
-Operators (``torch.library``; ``cell`` is ``rnn``, ``gru``, ``peephole`` or ``cifg``):
+Operators (``torch.library``; ``cell`` is ``rnn``, ``gru``, ``peephole`` or ``cifg``; G gate blocks,
+F = I + H):
 
-- ``harness::sequence_forward(cell, gates_x, w_hh, b_hh, peepholes) -> (h, c, saved)``: ``gates_x``
-  (T, B, G*H) time-major input-side pre-activations (``W_ih x_t + b_ih``, plus ``b_hh`` except for the
-  GRU), overwritten as scratch; returns the states h (T, B, H), c (T, B, H; empty for rnn and GRU) and
-  what backward needs. The initial state is zero.
-- ``harness::sequence_backward(cell, grad_h, h, c, saved, w_hh, peepholes, peephole_grad)
-  -> (grad_gates_x, grad_gates_h, grad_peepholes)``: the gradients of the input-side and recurrent-side
-  pre-activations (the latter only for the GRU, whose reset gate multiplies the recurrent part; empty
-  otherwise, where both are equal) and of the peephole weights (empty unless asked for).
+- ``harness::sequence_forward(cell, xh, weight, bias_x, b_hh, peepholes) -> (c, saved)``: ``xh``
+  (T + 1, B, F) holds [x_t, h_{t-1}] in row t; the caller fills the x parts and zeroes the h part of
+  row 0 (the initial state is zero), the kernel writes every h_t into row t + 1 (``xh`` is mutated).
+  ``weight`` (G*H, F) is [W_ih W_hh], ``bias_x`` its bias (``b_ih + b_hh``; the GRU: ``b_ih``), ``b_hh``
+  (read by the GRU only), ``peepholes`` (3, H) or empty. Returns c (T, B, H; empty for rnn and GRU)
+  and what backward needs.
+- ``harness::sequence_backward(cell, grad_h, xh, c, saved, weight, peepholes, peephole_grad)
+  -> (grad_gates, grad_recurrent, grad_peepholes)``: ``grad_h`` (T, B, H), any strides with unit
+  stride last; the gradients of the pre-activations (T, B, G*H), of the GRU's recurrent-side
+  pre-activations (its reset gate multiplies the recurrent part; empty for the others, where both
+  are equal) and of the peephole weights (empty unless asked for).
 
 Equations: docs/models.md; the eager equations of the cells remain the reference (tests compare).
 """
@@ -41,9 +45,9 @@ CELLS = {"rnn": _Cell(1, False, 0), "gru": _Cell(3, False, 4), "peephole": _Cell
          "cifg": _Cell(3, True, 4)}
 
 _LIB = torch.library.Library("harness", "FRAGMENT")
-_LIB.define("sequence_forward(str cell, Tensor(a!) gates_x, Tensor w_hh, Tensor b_hh, Tensor peepholes) "
-            "-> (Tensor, Tensor, Tensor)")
-_LIB.define("sequence_backward(str cell, Tensor grad_h, Tensor h, Tensor c, Tensor saved, Tensor w_hh, "
+_LIB.define("sequence_forward(str cell, Tensor(a!) xh, Tensor weight, Tensor bias_x, Tensor b_hh, "
+            "Tensor peepholes) -> (Tensor, Tensor)")
+_LIB.define("sequence_backward(str cell, Tensor grad_h, Tensor xh, Tensor c, Tensor saved, Tensor weight, "
             "Tensor peepholes, bool peephole_grad) -> (Tensor, Tensor, Tensor)")
 
 
@@ -51,36 +55,37 @@ _LIB.define("sequence_backward(str cell, Tensor grad_h, Tensor h, Tensor c, Tens
 # checks (the C loops index by T, B and H alone)
 # --------------------------------------------------------------------------------------------
 
-def _check(op: str, cell: str, gates_x: torch.Tensor, w_hh: torch.Tensor, **tensors: tuple[torch.Tensor, tuple]):
-    """Check the cell name, ``gates_x`` (T, B, G*H) and ``w_hh`` (G*H, H), and that each named tensor has
-    the shape given (in terms of T, B, H; ``()`` means empty). Returns (cell spec, T, B, H)."""
+def _check(op: str, cell: str, xh: torch.Tensor, weight: torch.Tensor, **tensors: tuple[torch.Tensor, tuple]):
+    """Check the cell name, ``weight`` (G*H, I + H), ``xh`` (T + 1, B, I + H), and that each named tensor
+    has the shape given (in terms of T, B, H, G, S; ``()`` means empty). Returns (spec, T, B, H, I)."""
     if cell not in CELLS:
         raise ValueError(f"{op}: unknown cell {cell!r} (one of {', '.join(CELLS)})")
     spec = CELLS[cell]
-    if not isinstance(w_hh, torch.Tensor) or w_hh.dim() != 2 or w_hh.shape[0] != spec.gates * w_hh.shape[1]:
-        got = tuple(w_hh.shape) if isinstance(w_hh, torch.Tensor) else type(w_hh).__name__
-        raise ValueError(f"{op}: w_hh must have shape ({spec.gates} * hidden, hidden) for {cell}, got {got}")
-    hidden = w_hh.shape[1]
-    if not isinstance(gates_x, torch.Tensor) or gates_x.dim() != 3 or gates_x.shape[2] != spec.gates * hidden \
-            or gates_x.shape[0] < 1:
-        got = tuple(gates_x.shape) if isinstance(gates_x, torch.Tensor) else type(gates_x).__name__
-        raise ValueError(f"{op}: gates_x must have shape (length >= 1, batch, {spec.gates * hidden}), got {got}")
-    length, batch, _ = gates_x.shape
-    if gates_x.dtype not in ops._DTYPES:
-        raise ValueError(f"{op}: dtype {gates_x.dtype} is not supported (float32 or float64)")
-    if gates_x.device.type != "cpu":
-        raise ValueError(f"{op}: the fused kernels run on the CPU, gates_x is on {gates_x.device}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] % spec.gates \
+            or weight.shape[1] <= weight.shape[0] // spec.gates:
+        got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise ValueError(f"{op}: weight must have shape ({spec.gates} * hidden, inputs + hidden) for {cell}, got {got}")
+    hidden = weight.shape[0] // spec.gates
+    width = weight.shape[1]
+    if not isinstance(xh, torch.Tensor) or xh.dim() != 3 or xh.shape[2] != width or xh.shape[0] < 2:
+        got = tuple(xh.shape) if isinstance(xh, torch.Tensor) else type(xh).__name__
+        raise ValueError(f"{op}: xh must have shape (length + 1 >= 2, batch, {width}), got {got}")
+    length, batch = xh.shape[0] - 1, xh.shape[1]
+    if xh.dtype not in ops._DTYPES:
+        raise ValueError(f"{op}: dtype {xh.dtype} is not supported (float32 or float64)")
+    if xh.device.type != "cpu":
+        raise ValueError(f"{op}: the fused kernels run on the CPU, xh is on {xh.device}")
     sizes = {"T": length, "B": batch, "H": hidden, "G": spec.gates, "S": spec.saved}
-    for name, (tensor, shape) in {"w_hh": (w_hh, tuple(w_hh.shape)), **tensors}.items():
+    for name, (tensor, shape) in {"weight": (weight, tuple(weight.shape)), **tensors}.items():
         want = tuple(_extent(extent, sizes) for extent in shape) if shape else (0,)
         if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != want:
             got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-            raise ValueError(f"{op}: {name} must have shape {want} for {cell} with gates_x of shape "
-                             f"{tuple(gates_x.shape)}, got {got}")
-        if tensor.dtype != gates_x.dtype or tensor.device != gates_x.device:
-            raise ValueError(f"{op}: {name} is {tensor.dtype} on {tensor.device}, gates_x {gates_x.dtype} on "
-                             f"{gates_x.device} (all must be equal)")
-    return spec, length, batch, hidden
+            raise ValueError(f"{op}: {name} must have shape {want} for {cell} with xh of shape "
+                             f"{tuple(xh.shape)}, got {got}")
+        if tensor.dtype != xh.dtype or tensor.device != xh.device:
+            raise ValueError(f"{op}: {name} is {tensor.dtype} on {tensor.device}, xh {xh.dtype} on "
+                             f"{xh.device} (all must be equal)")
+    return spec, length, batch, hidden, width - hidden
 
 
 def _extent(extent: str | int, sizes: dict[str, int]) -> int:
@@ -109,69 +114,68 @@ def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
     return like.new_empty(shape) if shape else like.new_empty(0)
 
 
-def _forward_fake(cell: str, gates_x: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, peepholes: torch.Tensor):
-    spec, length, batch, hidden = _check("harness::sequence_forward", cell, gates_x, w_hh, b_hh=(b_hh, ("G*H",)),
-                                         peepholes=(peepholes, _peephole_shape(cell)))
-    c = _empty(gates_x, length, batch, hidden) if spec.cell_state else _empty(gates_x)
-    saved = _empty(gates_x, length, batch, spec.saved * hidden) if spec.saved else _empty(gates_x)
-    return _empty(gates_x, length, batch, hidden), c, saved
+def _forward_fake(cell: str, xh: torch.Tensor, weight: torch.Tensor, bias_x: torch.Tensor, b_hh: torch.Tensor,
+                  peepholes: torch.Tensor):
+    spec, length, batch, hidden, _ = _check("harness::sequence_forward", cell, xh, weight, bias_x=(bias_x, ("G*H",)),
+                                            b_hh=(b_hh, ("G*H",)), peepholes=(peepholes, _peephole_shape(cell)))
+    c = _empty(xh, length, batch, hidden) if spec.cell_state else _empty(xh)
+    saved = _empty(xh, length, batch, spec.saved * hidden) if spec.saved else _empty(xh)
+    return c, saved
 
 
-def _forward_cpu(cell: str, gates_x: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor, peepholes: torch.Tensor):
-    h, c, saved = _forward_fake(cell, gates_x, w_hh, b_hh, peepholes)
-    if not gates_x.is_contiguous():
-        raise ValueError("harness::sequence_forward: gates_x must be contiguous (it is overwritten in place)")
-    length, batch, hidden = h.shape
-    w_hh, b_hh, peepholes = w_hh.contiguous(), b_hh.contiguous(), peepholes.contiguous()
-    kernel = _kernel(f"{cell}_sequence_forward", gates_x.dtype)
-    sizes, x, w = (length, batch, hidden), gates_x.data_ptr(), w_hh.data_ptr()
+def _forward_cpu(cell: str, xh: torch.Tensor, weight: torch.Tensor, bias_x: torch.Tensor, b_hh: torch.Tensor,
+                 peepholes: torch.Tensor):
+    c, saved = _forward_fake(cell, xh, weight, bias_x, b_hh, peepholes)
+    if not xh.is_contiguous():
+        raise ValueError("harness::sequence_forward: xh must be contiguous (the kernel writes h_t into it)")
+    spec, length, batch, hidden, inputs = _check("harness::sequence_forward", cell, xh, weight)
+    weight, bias_x, b_hh, peepholes = (t.contiguous() for t in (weight, bias_x, b_hh, peepholes))
+    kernel = _kernel(f"{cell}_sequence_forward", xh.dtype)
+    scratch = xh.new_empty(batch, 2 * spec.gates * hidden + hidden)  # alive until the kernel returns
+    zero = xh.new_zeros(batch, hidden)
+    head = (length, batch, hidden, inputs, xh.data_ptr(), weight.data_ptr(), bias_x.data_ptr())
     if cell == "rnn":
-        kernel(*sizes, x, w, h.data_ptr())
+        kernel(*head, scratch.data_ptr())
     elif cell == "gru":
-        recurrent = _empty(h, batch, 3 * hidden)  # kept alive while the kernel writes it
-        kernel(*sizes, x, w, b_hh.data_ptr(), h.data_ptr(), saved.data_ptr(), recurrent.data_ptr())
+        kernel(*head, b_hh.data_ptr(), saved.data_ptr(), scratch.data_ptr())
     else:
-        zero = h.new_zeros(batch, hidden)
         extra = (peepholes.data_ptr(),) if cell == "peephole" else ()
-        kernel(*sizes, x, w, *extra, h.data_ptr(), c.data_ptr(), saved.data_ptr(), zero.data_ptr())
-    return h, c, saved
+        kernel(*head, *extra, c.data_ptr(), saved.data_ptr(), scratch.data_ptr(), zero.data_ptr())
+    return c, saved
 
 
-def _backward_fake(cell: str, grad_h: torch.Tensor, h: torch.Tensor, c: torch.Tensor, saved: torch.Tensor,
-                   w_hh: torch.Tensor, peepholes: torch.Tensor, peephole_grad: bool):
-    if not isinstance(h, torch.Tensor) or h.dim() != 3:
-        raise ValueError(f"harness::sequence_backward: h must be a (length, batch, hidden) tensor, got "
-                         f"{tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__}")
-    gates = CELLS[cell].gates if cell in CELLS else 1
-    grad_x = h.new_empty(h.shape[0], h.shape[1], gates * h.shape[2])
-    spec, length, batch, hidden = _check(
-        "harness::sequence_backward", cell, grad_x, w_hh, grad_h=(grad_h, ("T", "B", "H")), h=(h, ("T", "B", "H")),
+def _backward_fake(cell: str, grad_h: torch.Tensor, xh: torch.Tensor, c: torch.Tensor, saved: torch.Tensor,
+                   weight: torch.Tensor, peepholes: torch.Tensor, peephole_grad: bool):
+    spec, length, batch, hidden, _ = _check(
+        "harness::sequence_backward", cell, xh, weight, grad_h=(grad_h, ("T", "B", "H")),
         c=(c, _state_shape(CELLS[cell].cell_state)), saved=(saved, ("T", "B", "S*H") if CELLS[cell].saved else ()),
         peepholes=(peepholes, _peephole_shape(cell)))
-    grad_r = torch.empty_like(grad_x) if cell == "gru" else _empty(h)
-    grad_p = torch.zeros_like(peepholes) if cell == "peephole" and peephole_grad else _empty(h)
+    grad_x = xh.new_empty(length, batch, spec.gates * hidden)
+    grad_r = torch.empty_like(grad_x) if cell == "gru" else _empty(xh)
+    grad_p = torch.zeros_like(peepholes) if cell == "peephole" and peephole_grad else _empty(xh)
     return grad_x, grad_r, grad_p
 
 
-def _backward_cpu(cell: str, grad_h: torch.Tensor, h: torch.Tensor, c: torch.Tensor, saved: torch.Tensor,
-                  w_hh: torch.Tensor, peepholes: torch.Tensor, peephole_grad: bool):
-    grad_x, grad_r, grad_p = _backward_fake(cell, grad_h, h, c, saved, w_hh, peepholes, peephole_grad)
-    length, batch, hidden = h.shape
-    grad_h, h, c, saved = grad_h.contiguous(), h.contiguous(), c.contiguous(), saved.contiguous()
-    w_hh, peepholes = w_hh.contiguous(), peepholes.contiguous()
-    kernel = _kernel(f"{cell}_sequence_backward", h.dtype)
-    sizes, w = (length, batch, hidden), w_hh.data_ptr()
-    buffers = [h.new_empty(batch, hidden) for _ in range(3)] + [h.new_zeros(batch, hidden)]  # alive until return
+def _backward_cpu(cell: str, grad_h: torch.Tensor, xh: torch.Tensor, c: torch.Tensor, saved: torch.Tensor,
+                  weight: torch.Tensor, peepholes: torch.Tensor, peephole_grad: bool):
+    grad_x, grad_r, grad_p = _backward_fake(cell, grad_h, xh, c, saved, weight, peepholes, peephole_grad)
+    _, length, batch, hidden, inputs = _check("harness::sequence_backward", cell, xh, weight)
+    if grad_h.stride(2) != 1:  # any other strides are passed on (a batch-first gradient needs no copy)
+        grad_h = grad_h.contiguous()
+    xh, c, saved, weight, peepholes = (t.contiguous() for t in (xh, c, saved, weight, peepholes))
+    kernel = _kernel(f"{cell}_sequence_backward", xh.dtype)
+    buffers = [xh.new_empty(batch, hidden) for _ in range(3)] + [xh.new_zeros(batch, hidden)]  # alive until return
     scratch = [buffer.data_ptr() for buffer in buffers]
+    head = (length, batch, hidden, inputs, grad_h.stride(0), grad_h.stride(1), grad_h.data_ptr())
     if cell == "rnn":
-        kernel(*sizes, grad_h.data_ptr(), h.data_ptr(), w, grad_x.data_ptr(), scratch[0])
+        kernel(*head, xh.data_ptr(), weight.data_ptr(), grad_x.data_ptr(), scratch[0])
     elif cell == "gru":
-        kernel(*sizes, grad_h.data_ptr(), h.data_ptr(), saved.data_ptr(), w, grad_x.data_ptr(), grad_r.data_ptr(),
+        kernel(*head, xh.data_ptr(), saved.data_ptr(), weight.data_ptr(), grad_x.data_ptr(), grad_r.data_ptr(),
                *scratch[:2])
     else:
         extra = (peepholes.data_ptr(),) if cell == "peephole" else ()
         p_out = (grad_p.data_ptr() if grad_p.numel() else None,) if cell == "peephole" else ()
-        kernel(*sizes, grad_h.data_ptr(), c.data_ptr(), saved.data_ptr(), w, *extra, grad_x.data_ptr(), *p_out,
+        kernel(*head, c.data_ptr(), saved.data_ptr(), weight.data_ptr(), *extra, grad_x.data_ptr(), *p_out,
                *scratch)
     return grad_x, grad_r, grad_p
 
@@ -209,16 +213,18 @@ def _blas_agrees(lib: ctypes.CDLL) -> bool:
     convention, e.g. 64-bit integer sizes, would not)."""
     gen = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.float64):
-        w = torch.randn(5, 5, generator=gen, dtype=dtype) * 0.3
-        gates_x = torch.randn(3, 2, 5, generator=gen, dtype=dtype)
+        w = torch.randn(5, 7, generator=gen, dtype=dtype) * 0.3  # [W_ih W_hh], 2 inputs, 5 units
+        x = torch.randn(3, 2, 2, generator=gen, dtype=dtype)
         want, h = [], torch.zeros(2, 5, dtype=dtype)
         for t in range(3):
-            h = torch.tanh(gates_x[t] + h @ w.t())
+            h = torch.tanh(torch.cat([x[t], h], 1) @ w.t())
             want.append(h)
-        got, scratch = torch.empty(3, 2, 5, dtype=dtype), gates_x.clone()
-        getattr(lib, f"rnn_sequence_forward_{ops._DTYPES[dtype]}")(3, 2, 5, scratch.data_ptr(), w.data_ptr(),
-                                                                   got.data_ptr())
-        if not torch.allclose(got, torch.stack(want), rtol=1e-4, atol=1e-5):
+        xh, bias = torch.zeros(4, 2, 7, dtype=dtype), torch.zeros(5, dtype=dtype)
+        scratch = torch.empty(2, 15, dtype=dtype)
+        xh[:3, :, :2] = x
+        getattr(lib, f"rnn_sequence_forward_{ops._DTYPES[dtype]}")(3, 2, 5, 2, xh.data_ptr(), w.data_ptr(),
+                                                                   bias.data_ptr(), scratch.data_ptr())
+        if not torch.allclose(xh[1:, :, 2:], torch.stack(want), rtol=1e-4, atol=1e-5):
             return False
     return True
 
@@ -257,36 +263,45 @@ def blas() -> str:
 class _Sequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, inputs, w_ih, b_ih, w_hh, b_hh, peepholes):
-        length, batch, size = inputs.shape
-        bias = b_ih if cell == "gru" else b_ih + b_hh
-        gates_x = torch.addmm(bias, inputs.reshape(length * batch, size), w_ih.t()).view(length, batch, -1)
-        h, c, saved = _FORWARD(cell, gates_x, w_hh, b_hh, peepholes)
-        ctx.save_for_backward(inputs, w_ih, w_hh, peepholes, h, c, saved)
+        batch, length, size = inputs.shape
+        hidden = w_hh.shape[1]
+        xh = inputs.new_empty(length + 1, batch, size + hidden)
+        xh[:length, :, :size] = inputs.transpose(0, 1)
+        xh[length, :, :size] = 0
+        xh[0, :, size:] = 0
+        weight = torch.cat([w_ih, w_hh], 1)
+        c, saved = _FORWARD(cell, xh, weight, b_ih if cell == "gru" else b_ih + b_hh, b_hh, peepholes)
+        ctx.save_for_backward(xh, weight, peepholes, c, saved)
         ctx.cell = cell
         ctx.set_materialize_grads(True)
-        return h
+        return xh[1:, :, size:].transpose(0, 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h):
-        inputs, w_ih, w_hh, peepholes, h, c, saved = ctx.saved_tensors
+        xh, weight, peepholes, c, saved = ctx.saved_tensors
         need = ctx.needs_input_grad
-        grad_x, grad_r, grad_p = _BACKWARD(ctx.cell, grad_h, h, c, saved, w_hh, peepholes, bool(need[6]))
-        length, batch, size = inputs.shape
+        grad_x, grad_r, grad_p = _BACKWARD(ctx.cell, grad_h.transpose(0, 1), xh, c, saved, weight, peepholes,
+                                           bool(need[6]))
+        length, batch, width = xh.shape[0] - 1, xh.shape[1], xh.shape[2]
+        size = width - weight.shape[0] // CELLS[ctx.cell].gates
         rows = grad_x.view(length * batch, -1)
         rows_r = rows if grad_r.numel() == 0 else grad_r.view(length * batch, -1)
-        hidden = h.shape[2]
+        operands = xh[:length].view(length * batch, width)  # row t: [x_t, h_{t-1}]
         grads: list[torch.Tensor | None] = [None] * 7
         if need[1]:
-            grads[1] = torch.mm(rows, w_ih).view(length, batch, size)
-        if need[2]:
-            grads[2] = torch.mm(rows.t(), inputs.reshape(length * batch, size))
-        if need[3]:
-            grads[3] = rows.sum(0)
-        if need[4]:
-            grads[4] = torch.mm(rows_r[batch:].t(), h[:-1].reshape(-1, hidden))  # sum of dR_t h_{t-1}^T
-        if need[5]:
-            grads[5] = rows_r.sum(0)
+            grads[1] = torch.mm(rows, weight[:, :size]).view(length, batch, size).transpose(0, 1)
+        if rows_r is rows and (need[2] or need[4]):  # one product for both weights
+            grad_w = torch.mm(rows.t(), operands)
+            grads[2], grads[4] = grad_w[:, :size], grad_w[:, size:]
+        else:
+            grads[2] = torch.mm(rows.t(), operands[:, :size]) if need[2] else None
+            grads[4] = torch.mm(rows_r.t(), operands[:, size:]) if need[4] else None
+        if need[3] or need[5]:
+            bias_grad = rows.sum(0)
+            grads[3] = bias_grad if need[3] else None
+            if need[5]:  # the same sum except for the GRU (a copy: two parameters must not share one tensor)
+                grads[5] = rows_r.sum(0) if rows_r is not rows else (bias_grad.clone() if need[3] else bias_grad)
         if need[6]:
             grads[6] = grad_p
         return tuple(grads)
@@ -295,7 +310,7 @@ class _Sequence(torch.autograd.Function):
 def sequence(cell: str, inputs: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor, w_hh: torch.Tensor,
              b_hh: torch.Tensor, peepholes: torch.Tensor | None = None) -> torch.Tensor:
     """Run ``cell`` (rnn, gru, peephole, cifg) over ``inputs`` (B, T, I) from a zero state; returns every
-    h_t as (B, T, H) (a transposed view of a time-major tensor), differentiable in all arguments.
+    h_t as (B, T, H) (a strided view of the kernel's time-major buffer), differentiable in all arguments.
 
     Parameters in ``torch.nn`` layout: ``w_ih`` (G*H, I), ``w_hh`` (G*H, H), biases (G*H,); ``peepholes``
     (3, H) [p_i, p_f, p_o] for the peephole cell (None: zero). Raises ValueError for wrong shapes,
@@ -312,7 +327,14 @@ def sequence(cell: str, inputs: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Te
             or b_hh.shape != (w_ih.shape[0],):
         raise ValueError(f"w_ih must be (gates * hidden, {inputs.shape[2]}) and the biases (gates * hidden,), got "
                          f"{tuple(w_ih.shape)}, {tuple(b_ih.shape)}, {tuple(b_hh.shape)}")
+    gates = CELLS[cell].gates
+    if w_hh.dim() != 2 or w_hh.shape[0] != w_ih.shape[0] or w_hh.shape[0] != gates * w_hh.shape[1]:
+        raise ValueError(f"w_hh must have shape ({gates} * hidden, hidden) for {cell}, as many rows as w_ih "
+                         f"{tuple(w_ih.shape)}, got {tuple(w_hh.shape)}")
     if peepholes is None:
         peepholes = w_hh.new_zeros(3, w_hh.shape[1]) if cell == "peephole" else w_hh.new_empty(0)
-    time_major = inputs.transpose(0, 1).contiguous()
-    return _Sequence.apply(cell, time_major, w_ih, b_ih, w_hh, b_hh, peepholes).transpose(0, 1)
+    tensors = {"inputs": inputs, "w_ih": w_ih, "b_ih": b_ih, "w_hh": w_hh, "b_hh": b_hh, "peepholes": peepholes}
+    if len({t.dtype for t in tensors.values()}) > 1:
+        raise ValueError("inputs and parameters must have one dtype, got "
+                         + ", ".join(f"{name} {t.dtype}" for name, t in tensors.items()))
+    return _Sequence.apply(cell, inputs, w_ih, b_ih, w_hh, b_hh, peepholes)
