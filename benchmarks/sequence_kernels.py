@@ -10,6 +10,7 @@ in rounds, all models interleaved, so a change of the machine's load falls on al
     python benchmarks/sequence_kernels.py                           # T 1000, B 32, H 64, I 17, 1 thread
     python benchmarks/sequence_kernels.py --lengths 200 --batch-size 128 --hidden-size 128
     python benchmarks/sequence_kernels.py --before                  # also each model without the kernel
+    python benchmarks/sequence_kernels.py --plain-gemm              # the C loops instead of torch's BLAS
 
 ``--before``: rnn and gru also run their torch.nn module, peephole and cifg the per-step cell loop
 (with its fused step kernels), as they did before the whole-sequence kernels.
@@ -102,7 +103,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--before", action="store_true", help="also each model without its sequence kernel")
+    parser.add_argument("--plain-gemm", action="store_true",
+                        help="the kernels' small products in plain C loops instead of torch's BLAS")
     args = parser.parse_args()
+    if args.plain_gemm:
+        from harness.plugins.kernels import sequence_ops
+
+        sequence_ops._torch_gemm = lambda: (None, None)
 
     import torch
 
@@ -114,7 +121,7 @@ def main() -> None:
     for length in (int(v) for v in args.lengths.split(",")):
         subjects = {}
         for name in names:
-            for before in (False, True) if args.before and name != "lstm" else (False,):
+            for before in (False, True) if args.before else (False,):
                 subject = _subject(name, before, args, length)
                 subjects[f"{name} ({'before' if before else subject.implementation})"] = subject
         floors = {label: _floor_gemms(length * args.batch_size, s.shapes) for label, s in subjects.items()}
@@ -126,6 +133,9 @@ def main() -> None:
             for label in subjects:
                 times[label].append(_timed(subjects[label].step))
                 floor_times[label].append(_timed(floors[label]))
+        from harness.plugins import kernels
+
+        print(f"gemm: {kernels.blas()}")
         print(f"T={length} B={args.batch_size} H={args.hidden_size} I={args.input_size} threads={args.threads} "
               f"rounds={args.rounds}; ms per training step, median [min-max]")
         print(f"{'model':36} {'ms/step':>22} {'floor ms':>9} {'GFLOP/s':>8} {'x floor':>8}")

@@ -1,9 +1,10 @@
 """rnn, lstm, gru and bilstm on the fused ``torch.nn`` recurrent modules (docs/models.md).
 
-The rnn and GRU keep their ``torch.nn`` modules (parameters, initialisation), but on the CPU in
-float32/float64 their forward pass runs the whole-sequence kernels of :mod:`harness.plugins.kernels`
-(torch's own CPU path for them takes one step at a time); elsewhere, or where the kernels cannot be
-loaded, the module itself. ``implementation`` says which. The LSTM keeps torch's (oneDNN's) kernel.
+Every model keeps its ``torch.nn`` module (parameters, initialisation), but on the CPU in
+float32/float64 its forward pass runs the whole-sequence kernels of :mod:`harness.plugins.kernels`
+(torch's own CPU path takes one step at a time for the rnn and GRU; for the LSTM oneDNN's kernel was
+slower than the peephole kernel with zero peepholes, docs/performance.md); elsewhere, or where the
+kernels cannot be loaded, the module itself. ``implementation`` says which.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from torch import nn
 _MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 #: Gate blocks in torch.nn's layout: LSTM i, f, g, o; GRU r, z, n (z plays the forget role).
 _GATES = {"lstm": {"input": 0, "forget": 1}, "gru": {"update": 1}}
-#: Kinds with a whole-sequence kernel of their own (tanh rnn and GRU, one direction).
-_SEQUENCE_KERNELS = ("rnn", "gru")
+#: The whole-sequence kernel of each kind (the LSTM is the peephole cell with zero peepholes).
+_SEQUENCE_KERNELS = {"rnn": "rnn", "gru": "gru", "lstm": "peephole"}
 
 
 class FusedRecurrent(nn.Module):
@@ -28,7 +29,7 @@ class FusedRecurrent(nn.Module):
         super().__init__()
         self.rnn = _MODULES[kind](input_size, hidden_size, num_layers=num_layers, batch_first=True,
                                   bidirectional=bidirectional)
-        self.kernel = kind if kind in _SEQUENCE_KERNELS and not bidirectional else None
+        self.kernel: str | None = _SEQUENCE_KERNELS[kind]  # None: always the torch.nn module
         self.hidden_size = hidden_size
         self.bidirectional = bidirectional
         self.output_size = hidden_size * (2 if bidirectional else 1)
@@ -41,17 +42,17 @@ class FusedRecurrent(nn.Module):
 
     @property
     def implementation(self) -> str:
-        """``"fused-cpu"`` where the forward pass runs this plugin's whole-sequence kernel, ``"torch.nn: <why
-        not>"`` for an rnn/GRU that runs its torch.nn module, ``""`` for the LSTMs (always torch.nn)."""
+        """``"fused-cpu"`` where the forward pass runs this plugin's whole-sequence kernel, else
+        ``"torch.nn: <why not>"`` (the torch.nn module runs)."""
         if self.kernel is None:
-            return ""
-        from harness.plugins import kernels  # imported only by the kinds that use it
+            return "torch.nn"
+        from harness.plugins import kernels  # imported on first use: importing this module loads nothing
 
         reason = kernels.unsupported(self.rnn.weight_ih_l0.device, self.rnn.weight_ih_l0.dtype)
         return "fused-cpu" if reason is None else f"torch.nn: {reason}"
 
     def _kernel_forward(self, inputs: torch.Tensor) -> torch.Tensor | None:
-        """Every layer's whole sequence through the kernel, or None where it cannot run here."""
+        """Every layer's whole sequence (both directions) through the kernel, or None where it cannot run here."""
         if self.kernel is None:
             return None
         from harness.plugins import kernels
@@ -61,9 +62,15 @@ class FusedRecurrent(nn.Module):
             return None
         features = inputs
         for layer in range(self.rnn.num_layers):
-            weights = [getattr(self.rnn, f"{name}_l{layer}") for name in ("weight_ih", "bias_ih", "weight_hh",
-                                                                          "bias_hh")]
-            features = kernels.sequence(self.kernel, features, *weights)
+            directions = []
+            for suffix in ("", "_reverse") if self.bidirectional else ("",):
+                weights = [getattr(self.rnn, f"{name}_l{layer}{suffix}")
+                           for name in ("weight_ih", "bias_ih", "weight_hh", "bias_hh")]
+                if suffix:  # the backward direction reads the sequence reversed
+                    directions.append(kernels.sequence(self.kernel, features.flip(1), *weights).flip(1))
+                else:
+                    directions.append(kernels.sequence(self.kernel, features, *weights))
+            features = directions[0] if len(directions) == 1 else torch.cat(directions, 2)
         return features
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

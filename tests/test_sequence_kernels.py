@@ -16,7 +16,7 @@ import torch
 from harness.plugins import kernels
 from harness.plugins.gated_cell_models import build_cifg, build_peephole
 from harness.plugins.kernels import build, sequence_ops
-from harness.plugins.torch_rnn_models import build_gru, build_rnn
+from harness.plugins.torch_rnn_models import build_bilstm, build_gru, build_lstm, build_rnn
 
 B, IN, H = 3, 5, 7
 WARNING = "harness: warning: fused cell kernels unavailable"
@@ -24,10 +24,11 @@ WARNING = "harness: warning: fused cell kernels unavailable"
 needs_kernels = pytest.mark.skipif(kernels.status() != "ok",
                                    reason=f"fused kernels not available here: {kernels.status()}")
 
-BUILDERS = {"rnn": build_rnn, "gru": build_gru, "peephole": build_peephole,
+BUILDERS = {"rnn": build_rnn, "gru": build_gru, "lstm": build_lstm, "bilstm": build_bilstm, "peephole": build_peephole,
             "plain": lambda i, h: build_peephole(i, h, peepholes=False), "cifg": build_cifg,
             "rnn-2-layers": lambda i, h: build_rnn(i, h, num_layers=2),
-            "gru-2-layers": lambda i, h: build_gru(i, h, num_layers=2)}
+            "gru-2-layers": lambda i, h: build_gru(i, h, num_layers=2),
+            "bilstm-2-layers": lambda i, h: build_bilstm(i, h, num_layers=2)}
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}  # relative to the largest magnitude
 
 
@@ -85,7 +86,7 @@ def test_sequence_kernel_equals_the_eager_equations(name, dtype, length, scale):
     model = _model(name, dtype)  # saturated: large inputs (large weights too would scale float32 rounding up)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(B, length, IN, generator=gen, dtype=dtype) * scale
-    weights = torch.randn(B, length, H, generator=gen, dtype=dtype)
+    weights = torch.randn(B, length, model.output_size, generator=gen, dtype=dtype)
     fused, fused_grads, implementation = _run(model, x, weights, reference=False)
     eager, eager_grads, eager_implementation = _run(model, x, weights, reference=True)
     assert implementation == "fused-cpu" and eager_implementation != "fused-cpu"
