@@ -11,6 +11,7 @@ in rounds, all models interleaved, so a change of the machine's load falls on al
     python benchmarks/sequence_kernels.py --lengths 200 --batch-size 128 --hidden-size 128
     python benchmarks/sequence_kernels.py --before                  # also each model without the kernel
     python benchmarks/sequence_kernels.py --plain-gemm              # the C loops instead of torch's BLAS
+    python benchmarks/sequence_kernels.py --peak --lengths 10000     # one step per fresh process: s, peak RSS
 
 ``--before``: rnn and gru also run their torch.nn module, peephole and cifg the per-step cell loop
 (with its fused step kernels), as they did before the whole-sequence kernels.
@@ -20,7 +21,10 @@ Printed: ms per step, median [min-max] over the rounds, and the ratio of the med
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +91,19 @@ def _floor_gemms(rows: int, shapes: list[tuple[int, int]]) -> Callable[[], None]
     return gemms
 
 
+def _peak(name: str, before: bool, args: argparse.Namespace, length: int) -> str:
+    """One forward + backward of a fresh model in this (fresh) process: its seconds and peak RSS growth."""
+    import torch
+
+    subject = _subject(name, before, args, length)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seconds = _timed(subject.step) / 1e3
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    label = f"{name} ({'before' if before else subject.implementation})"
+    return (f"{label:36} T={length} B={args.batch_size} H={args.hidden_size}: {seconds:.2f} s, "
+            f"peak RSS growth {grown:.0f} MiB (torch {torch.get_num_threads()} thread)")
+
+
 def _timed(function: Callable[[], None]) -> float:
     start = time.perf_counter()
     function()
@@ -105,6 +122,9 @@ def main() -> None:
     parser.add_argument("--before", action="store_true", help="also each model without its sequence kernel")
     parser.add_argument("--plain-gemm", action="store_true",
                         help="the kernels' small products in plain C loops instead of torch's BLAS")
+    parser.add_argument("--peak", action="store_true",
+                        help="instead: one training step per model in a fresh process, its time and peak memory")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # NAME or NAME:before, for --peak
     args = parser.parse_args()
     if args.plain_gemm:
         from harness.plugins.kernels import sequence_ops
@@ -118,6 +138,18 @@ def main() -> None:
     prepare_process()
     torch.set_num_threads(args.threads)
     names = args.models.split(",")
+    if args.child:
+        name, _, before = args.child.partition(":")
+        print(_peak(name, bool(before), args, int(args.lengths)))
+        return
+    if args.peak:
+        options = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                   if k in ("batch_size", "hidden_size", "input_size", "threads", "lengths")]
+        for name in names:
+            for child in (name, f"{name}:before") if args.before else (name,):
+                print(subprocess.run([sys.executable, __file__, *options, f"--child={child}"], check=True,
+                                     capture_output=True, text=True).stdout.strip())
+        return
     for length in (int(v) for v in args.lengths.split(",")):
         subjects = {}
         for name in names:
