@@ -21,10 +21,12 @@ pass and its backward in one pass (docs/performance.md, "Goal 1").
   :func:`cifg_step`, which check their inputs.
 
 Importing this package registers the operators but loads nothing: the library is built or loaded
-on the first fused step or :func:`implementation` query, so models that do not use these cells
-never touch it. ``HARNESS_FUSED=0`` (or no C compiler, a failed build, a non-CPU tensor, a dtype
-other than float32/float64, TorchScript) and the cells run their eager equations instead, which
-remain the reference (``tests/test_cells.py`` compares the two).
+on the first fused step, sequence or :func:`implementation` query (the built-in models import it
+only then), so a process that runs none of them, or only on CUDA, never touches it.
+``HARNESS_FUSED=0`` (or no C compiler, a failed build, a non-CPU tensor, a dtype other than
+float32/float64, TorchScript) and the cells run their eager equations, and the ``torch.nn`` models
+their modules, instead; those remain the reference (``tests/test_cells.py`` and
+``tests/test_sequence_kernels.py`` compare them).
 """
 
 from harness.plugins.kernels.build import KernelsUnavailable, cache_dir, loaded, openmp_runtimes, reset, status
