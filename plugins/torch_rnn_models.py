@@ -1,4 +1,11 @@
-"""rnn, lstm, gru and bilstm on the fused ``torch.nn`` recurrent modules (docs/models.md)."""
+"""rnn, lstm, gru and bilstm on the fused ``torch.nn`` recurrent modules (docs/models.md).
+
+Every model keeps its ``torch.nn`` module (parameters, initialisation), but on the CPU in
+float32/float64 its forward pass runs the whole-sequence kernels of :mod:`harness.plugins.kernels`
+(torch's own CPU path takes one step at a time for the rnn and GRU; for the LSTM oneDNN's kernel was
+slower than the peephole kernel with zero peepholes, docs/performance.md); elsewhere, or where the
+kernels cannot be loaded, the module itself. ``implementation`` says which.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ from torch import nn
 _MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 #: Gate blocks in torch.nn's layout: LSTM i, f, g, o; GRU r, z, n (z plays the forget role).
 _GATES = {"lstm": {"input": 0, "forget": 1}, "gru": {"update": 1}}
+#: The whole-sequence kernel of each kind (the LSTM is the peephole cell with zero peepholes).
+_SEQUENCE_KERNELS = {"rnn": "rnn", "gru": "gru", "lstm": "peephole"}
 
 
 class FusedRecurrent(nn.Module):
@@ -20,6 +29,7 @@ class FusedRecurrent(nn.Module):
         super().__init__()
         self.rnn = _MODULES[kind](input_size, hidden_size, num_layers=num_layers, batch_first=True,
                                   bidirectional=bidirectional)
+        self.kernel: str | None = _SEQUENCE_KERNELS[kind]  # None: always the torch.nn module
         self.hidden_size = hidden_size
         self.bidirectional = bidirectional
         self.output_size = hidden_size * (2 if bidirectional else 1)
@@ -30,8 +40,43 @@ class FusedRecurrent(nn.Module):
                     bias_hh = getattr(self.rnn, name.replace("bias_ih", "bias_hh"))
                     set_gate_biases(bias_ih, bias_hh, hidden_size, _GATES[kind], init, forget_bias or 0.0, t_max)
 
+    @property
+    def implementation(self) -> str:
+        """``"fused-cpu"`` where the forward pass runs this plugin's whole-sequence kernel, else
+        ``"torch.nn: <why not>"`` (the torch.nn module runs)."""
+        if self.kernel is None:
+            return "torch.nn"
+        from harness.plugins import kernels  # imported on first use: importing this module loads nothing
+
+        reason = kernels.unsupported(self.rnn.weight_ih_l0.device, self.rnn.weight_ih_l0.dtype)
+        return "fused-cpu" if reason is None else f"torch.nn: {reason}"
+
+    def _kernel_forward(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """Every layer's whole sequence (both directions) through the kernel, or None where it cannot run here."""
+        if self.kernel is None:
+            return None
+        from harness.plugins import kernels
+
+        params = list(self.rnn.parameters())
+        if not kernels.usable(inputs, *params):
+            return None
+        features = inputs
+        for layer in range(self.rnn.num_layers):
+            directions = []
+            for suffix in ("", "_reverse") if self.bidirectional else ("",):
+                weights = [getattr(self.rnn, f"{name}_l{layer}{suffix}")
+                           for name in ("weight_ih", "bias_ih", "weight_hh", "bias_hh")]
+                if suffix:  # the backward direction reads the sequence reversed
+                    directions.append(kernels.sequence(self.kernel, features.flip(1), *weights).flip(1))
+                else:
+                    directions.append(kernels.sequence(self.kernel, features, *weights))
+            features = directions[0] if len(directions) == 1 else torch.cat(directions, 2)
+        return features
+
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features, _ = self.rnn(inputs)
+        features = self._kernel_forward(inputs)
+        if features is None:
+            features, _ = self.rnn(inputs)
         if not self.bidirectional:
             return features, features[:, -1]
         # The backward direction's final state is at position 0: it has read the whole reversed sequence.

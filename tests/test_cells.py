@@ -318,20 +318,27 @@ def test_operators_pass_opcheck(dtype):
 
 @needs_kernels
 def test_profiler_shows_the_operators_by_name():
+    """The per-step loop (kept states, as the gradient measurement asks) runs the step operators, a
+    plain forward pass the whole-sequence operators."""
     x = torch.randn(B, T, IN)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         for make in (build_peephole, build_cifg):
-            features, _ = make(IN, H)(x)
-            features.sum().backward()
+            for keep_states in (True, False):
+                model = make(IN, H)
+                model.keep_states = keep_states
+                features, _ = model(x)
+                features.sum().backward()
     names = {event.name for event in profile.events()}
-    for op in ("peephole_step", "peephole_step_backward", "cifg_step", "cifg_step_backward"):
+    for op in ("peephole_step", "peephole_step_backward", "cifg_step", "cifg_step_backward", "sequence_forward",
+               "sequence_backward"):
         assert f"harness::{op}" in names
 
 
 def _compiled_matches_eager(monkeypatch, make, backend, load_first=True):
-    """A torch.compile'd model of the cell gives the eager model's outputs and gradients, and runs
-    the fused operators (seen by the profiler) without graph breaks, whether the kernels were
-    loaded before (``model.implementation`` loads them) or are loaded while tracing."""
+    """A torch.compile'd model of the cell on its per-step loop (``keep_states``) gives the eager model's
+    outputs and gradients, and runs the fused step operators (seen by the profiler) without graph
+    breaks, whether the kernels were loaded before (``model.implementation`` loads them) or are loaded
+    while tracing."""
     from torch._dynamo.utils import counters
 
     x = torch.randn(B, T, IN, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
@@ -339,6 +346,7 @@ def _compiled_matches_eager(monkeypatch, make, backend, load_first=True):
     for compiled in (False, True):
         torch.manual_seed(9)
         model = make(IN, H).double()
+        model.keep_states = True
         if compiled:
             _fused(monkeypatch)
             if load_first:

@@ -253,8 +253,9 @@ def test_concurrent_processes_build_safely(tmp_path, real_build):
     assert sorted(p.name for p in tmp_path.iterdir()) == [name, f"{name}.sha256"]
 
 
-def test_models_without_custom_cells_never_load_the_kernels(tmp_path):
-    """lstm, gru, rnn and bilstm run without building, loading or even importing the kernels."""
+def test_with_the_kernels_disabled_no_model_loads_them(tmp_path):
+    """With HARNESS_FUSED=0 every built-in model trains on torch.nn or the eager cells without building
+    or loading the kernels (every built-in model runs them otherwise)."""
     code = """
         import sys
         import torch
@@ -262,16 +263,19 @@ def test_models_without_custom_cells_never_load_the_kernels(tmp_path):
         from harness.registry.loader import get_model
         from harness.runs.training import prepare_process
         prepare_process()
-        for name in ("lstm", "gru", "rnn", "bilstm"):
-            model = TaskModel(get_model(name).build(input_size=3, hidden_size=8), 2, "last")
-            model(torch.randn(4, 5, 3)).sum().backward()
+        for name in ("lstm", "gru", "rnn", "bilstm", "peephole", "cifg"):
+            core = get_model(name).build(input_size=3, hidden_size=8)
+            TaskModel(core, 2, "last")(torch.randn(4, 5, 3)).sum().backward()
+            assert "HARNESS_FUSED=0" in core.implementation, core.implementation
         maps = open("/proc/self/maps").read() if sys.platform.startswith("linux") else ""
-        print("harness.plugins.kernels" in sys.modules, "cell_kernels-" in maps)
+        print("cell_kernels-" in maps)
     """
-    process = _python(code, tmp_path)
+    env = {**os.environ, "HARNESS_CACHE_DIR": str(tmp_path), "HARNESS_FUSED": "0"}
+    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
-    assert out.split() == ["False", "False"], (out, err)
+    assert out.split() == ["False"], (out, err)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -284,9 +288,11 @@ def _damaged_cache(tmp_path: Path, real_build: tuple[str, bytes]) -> Path:
     return cache / name
 
 
-def _run_cli(model: str, cache: Path, out: Path) -> subprocess.CompletedProcess:
+def _run_cli(model: str, cache: Path, out: Path, fused: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "HARNESS_CACHE_DIR": str(cache)}
     env.pop("HARNESS_FUSED", None)
+    if not fused:
+        env["HARNESS_FUSED"] = "0"
     command = [sys.executable, "-m", "harness", "run", "--models", model, "--task", "adding", "--lengths", "10",
                "--seeds", "1", "--steps", "5", "--workers", "1", "--out", str(out), "--no-plot", "--quiet"]
     return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
@@ -306,11 +312,11 @@ def test_cli_run_with_a_truncated_library_repairs_the_cache(tmp_path, real_build
 
 
 @pytest.mark.slow
-def test_cli_lstm_run_ignores_a_truncated_library(tmp_path, real_build):
-    """The issue's own command: an lstm-only sweep never touches the kernel cache (see also
-    test_models_without_custom_cells_never_load_the_kernels, which is not slow)."""
+def test_cli_run_with_the_kernels_disabled_ignores_a_truncated_library(tmp_path, real_build):
+    """With HARNESS_FUSED=0 a sweep never touches the kernel cache (see also
+    test_with_the_kernels_disabled_no_model_loads_them, which is not slow)."""
     library = _damaged_cache(tmp_path, real_build)
-    done = _run_cli("lstm", library.parent, tmp_path / "run")
+    done = _run_cli("lstm", library.parent, tmp_path / "run", fused=False)
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
     assert library.read_bytes() == real_build[1][:20000]
     assert sorted(p.name for p in library.parent.iterdir()) == [library.name]

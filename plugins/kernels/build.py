@@ -40,10 +40,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-ABI = 2  # must equal HARNESS_CELL_KERNELS_ABI in cell_kernels.c
-SOURCES = ("cell_kernels.c", "cell_kernels.h")
-# exported kernel -> number of arguments (two int64 sizes, then pointers), for each of _f32, _f64
-FUNCTIONS = {"peephole_forward": 8, "peephole_backward": 11, "cifg_forward": 7, "cifg_backward": 8}
+ABI = 3  # must equal HARNESS_CELL_KERNELS_ABI in cell_kernels.c
+SOURCES = ("cell_kernels.c", "cell_kernels.h", "sequence_kernels.h")
+# exported kernel -> (number of int64 sizes, then number of pointers), for each of _f32, _f64
+FUNCTIONS = {"peephole_forward": (2, 6), "peephole_backward": (2, 9), "cifg_forward": (2, 5),
+             "cifg_backward": (2, 6),
+             "rnn_sequence_forward": (4, 4), "rnn_sequence_backward": (6, 5),
+             "gru_sequence_forward": (4, 6), "gru_sequence_backward": (6, 8),
+             "peephole_sequence_forward": (4, 8), "peephole_sequence_backward": (6, 11),
+             "cifg_sequence_forward": (4, 7), "cifg_sequence_backward": (6, 9)}
 LOCK_TIMEOUT_S = 300.0  # longer than any build: after that, build without the lock
 # libgomp.so.1, libgomp-a34b3233.so.1 (a wheel's renamed copy), libiomp5.so, libomp.so, libomp.dylib
 _OPENMP_RUNTIME = re.compile(r"lib(gomp|iomp5|omp)(-[0-9a-f]+)?\.(so(\.[0-9]+)*|dylib)")
@@ -346,10 +351,10 @@ def _check_loaded(lib: ctypes.CDLL, library: Path, runtimes_before: list[str]) -
         raise KernelsUnavailable(f"{library} is not a cell-kernels library") from exc
     if found != ABI:
         raise KernelsUnavailable(f"{library} has ABI {found}, expected {ABI}")
-    for name, count in FUNCTIONS.items():
+    for name, (sizes, pointers) in FUNCTIONS.items():
         for suffix in ("f32", "f64"):
             function = getattr(lib, f"{name}_{suffix}")
-            function.argtypes = [ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * (count - 2)
+            function.argtypes = [ctypes.c_int64] * sizes + [ctypes.c_void_p] * pointers
             function.restype = None
     added = sorted(set(openmp_runtimes()) - set(runtimes_before))
     if added and len(openmp_runtimes()) > 1:  # cannot be undone; should not happen (see _openmp_flags)

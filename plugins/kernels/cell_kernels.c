@@ -1,4 +1,6 @@
-/* Fused CPU kernels for the pointwise step of the built-in peephole-LSTM and CIFG cells.
+/* Fused CPU kernels of the built-in cells: the pointwise step of the peephole-LSTM and CIFG cells
+   (cell_kernels.h), and the whole-sequence loops of the rnn, GRU, peephole and CIFG cells
+   (sequence_kernels.h), forward and backward.
 
    Built by harness.plugins.kernels.build with the system C compiler on first use and loaded with
    ctypes; called from harness.plugins.kernels.ops (torch custom ops "harness::*"). No torch
@@ -15,7 +17,7 @@
 #include <string.h>
 
 /* Bumped whenever an exported signature changes; checked by the loader after dlopen. */
-#define HARNESS_CELL_KERNELS_ABI 2
+#define HARNESS_CELL_KERNELS_ABI 3
 int harness_cell_kernels_abi(void) { return HARNESS_CELL_KERNELS_ABI; }
 
 /* The exported kernels split the batch rows between the threads of the OpenMP runtime torch
@@ -43,6 +45,23 @@ int harness_cell_kernels_abi(void) { return HARNESS_CELL_KERNELS_ABI; }
 #endif
 #define ROWS static __attribute__((noinline)) void
 
+/* The small recurrent products of the sequence kernels go through a Fortran BLAS gemm (LP64: int
+   sizes) that the loader hands over after loading: torch's own MKL sgemm_/dgemm_, resolved from
+   the torch library already in the process, so no BLAS is linked here. Without one (NULL), a plain
+   C loop computes them. */
+typedef void (*harness_sgemm_t)(const char *, const char *, const int *, const int *, const int *,
+                                const float *, const float *, const int *, const float *, const int *,
+                                const float *, float *, const int *);
+typedef void (*harness_dgemm_t)(const char *, const char *, const int *, const int *, const int *,
+                                const double *, const double *, const int *, const double *, const int *,
+                                const double *, double *, const int *);
+static harness_sgemm_t blas_sgemm = NULL;
+static harness_dgemm_t blas_dgemm = NULL;
+void harness_set_blas(void *sgemm, void *dgemm) {
+    blas_sgemm = (harness_sgemm_t)sgemm;
+    blas_dgemm = (harness_dgemm_t)dgemm;
+}
+
 /* NAME -> NAME_SUFFIX (two levels so that SUFFIX is expanded first) */
 #define KERNEL_CAT_(name, suffix) name##_##suffix
 #define KERNEL_CAT(name, suffix) KERNEL_CAT_(name, suffix)
@@ -52,6 +71,7 @@ int harness_cell_kernels_abi(void) { return HARNESS_CELL_KERNELS_ABI; }
 #define SUFFIX f32
 #define IS_FLOAT 1
 #include "cell_kernels.h"
+#include "sequence_kernels.h"
 #undef REAL
 #undef SUFFIX
 #undef IS_FLOAT
@@ -60,6 +80,7 @@ int harness_cell_kernels_abi(void) { return HARNESS_CELL_KERNELS_ABI; }
 #define SUFFIX f64
 #define IS_FLOAT 0
 #include "cell_kernels.h"
+#include "sequence_kernels.h"
 #undef REAL
 #undef SUFFIX
 #undef IS_FLOAT
