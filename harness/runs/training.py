@@ -26,6 +26,7 @@ from harness.model_api import TaskModel, count_parameters
 from harness.runs import settings as S
 from harness.runs.environment import synchronize
 from harness.runs.options import canonical
+from harness.runs.portable import portable_path, portable_text
 from harness.runs.seeding import INIT, TEST_DATA, TRAIN_DATA, VALIDATION_DATA, derive_seed
 from harness.runs.spec import TrialSpec
 from harness.task_api import Batch, Task
@@ -117,7 +118,7 @@ def _now() -> str:
 def error_outcome(spec: TrialSpec, message: str) -> TrialOutcome:
     """The outcome of a trial that could not run at all (its worker died, it timed out, ...)."""
     row = base_row(spec)
-    row.update(status="error", error=message.replace("\n", " "))
+    row.update(status="error", error=portable_text(message).replace("\n", " "))
     return TrialOutcome(row, [])
 
 
@@ -144,8 +145,8 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     except Exception as exc:  # a plugin's failure is recorded, never propagated into the sweep
         row["status"] = "error"
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-        where = f" (at {frame.filename}:{frame.lineno})" if frame else ""
-        row["error"] = f"{type(exc).__name__}: {exc}{where}".replace("\n", " ")
+        where = f" (at {portable_path(frame.filename)}:{frame.lineno})" if frame else ""
+        row["error"] = portable_text(f"{type(exc).__name__}: {exc}{where}").replace("\n", " ")
     row["trial_seconds"] = round(time.perf_counter() - started, 4)
     row["finished_at"] = _now()
     return outcome
