@@ -44,11 +44,6 @@ class Executor(Protocol):
         """Stop every worker (running trials are abandoned)."""
 
 
-def threads_per_worker(workers: int) -> int:
-    """Divide the cores between workers so the machine is never oversubscribed."""
-    return max(1, available_cores() // max(1, workers))
-
-
 def resolve_workers(workers: int | str, device: str, trials: int) -> int:
     """``auto``: one worker per core on CPU (small recurrent models scale better across processes
     than across threads), one on an accelerator; never more workers than trials; 0 stays 0."""
@@ -297,10 +292,12 @@ class ProcessPoolExecutor:
         self.workers.clear()
 
 
-def make_executor(workers: int, threads: int | None = None, trial_timeout: float | None = None,
+def make_executor(workers: int, threads: int = 1, trial_timeout: float | None = None,
                   kind: str = "local", **ray_options: Any) -> Executor:
-    """The executor for a sweep: Ray, this process (``workers == 0``), or a local pool."""
-    threads = threads or threads_per_worker(workers)
+    """The executor for a sweep: Ray, this process (``workers == 0``), or a local pool.
+
+    ``threads`` per trial does not depend on ``workers``: the same count gives bit-identical numbers
+    whatever the number of workers or the executor (one thread is the default)."""
     if kind == "ray":
         from harness.runs.ray_executor import RayExecutor
 

@@ -80,8 +80,17 @@ def open_run_folder(plan: SweepPlan) -> Iterator[RunFolder]:
     with FolderLock(plan.out, command):
         state = get_state()
         store = ResultStore(plan.out, key=row_key(state.models, state.tasks))
-        check_resume(plan, list(store.rows.values()))
+        pending = any(store.status(s.key) not in FINISHED for s in plan.specs)
+        check_resume(plan, list(store.rows.values()), trains=pending or _searches(plan))
         yield RunFolder(plan.out, store, _previous_metadata(plan.out), store.notes)
+
+
+def _searches(plan: SweepPlan) -> bool:
+    """Whether the plan is an adaptive length search (``harness horizon``), which trains lengths it
+    does not list in advance."""
+    from harness.runs import settings as S
+
+    return any(plan.config.get(s.name) is not None for s in S.by_role(S.SEARCH))
 
 
 def _previous_metadata(folder: Path) -> dict[str, Any] | None:
@@ -185,7 +194,8 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
     kind = config.executor if todo or drive is not None else "local"  # nothing to run: start no Ray
     # Before run.json: a Ray cluster that cannot be reached leaves the folder as it was.
     executor = make_executor(workers, executor_info["threads_per_worker"], config.trial_timeout, kind,
-                             address=config.ray_address, gpus_per_trial=config.gpus_per_trial, device=plan.device)
+                             address=config.ray_address, gpus_per_trial=config.gpus_per_trial,
+                             device=plan.device)
     try:
         metadata = run_metadata(plan, folder.previous, started_at, executor_info)
         write_json(folder.path / "run.json", metadata)
@@ -215,17 +225,16 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
 
 
 def execution_settings(plan: SweepPlan) -> dict[str, Any]:
-    """How the trials run, for run.json. On Ray each trial takes ``--threads`` CPUs (default 1)."""
-    from harness.runs.executors import threads_per_worker
-
+    """How the trials run, for run.json. Each trial runs with ``--threads`` threads (default 1), on
+    any executor (on Ray it requests that many CPUs)."""
     config = plan.config
+    threads = config.get("threads") or 1
     if config.executor == "ray":
         return {"executor": "ray", "ray_address": config.ray_address or "local",
-                "threads_per_worker": config.threads or 1, "gpus_per_trial": config.gpus_per_trial,
+                "threads_per_worker": threads, "gpus_per_trial": config.gpus_per_trial,
                 "trial_timeout": config.trial_timeout}
     return {"executor": config.executor, "workers": plan.workers,
-            "threads_per_worker": config.threads or threads_per_worker(plan.workers),
-            "trial_timeout": config.trial_timeout}
+            "threads_per_worker": threads, "trial_timeout": config.trial_timeout}
 
 
 def _drive_all(executor: Any, recorder: Recorder, todo: list[TrialSpec], plan: SweepPlan) -> None:

@@ -138,6 +138,8 @@ def prepare_process() -> None:
 def run_trial(spec: TrialSpec) -> TrialOutcome:
     """Run one trial to completion; never raises for model, task or numerical failures."""
     started = time.perf_counter()
+    if torch.get_num_threads() != spec.threads:  # the row records the count the trial really ran with
+        torch.set_num_threads(spec.threads)
     row = base_row(spec)
     outcome = TrialOutcome(row, [])
     try:
