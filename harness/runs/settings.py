@@ -70,6 +70,7 @@ def _checked(kind: type, accept: Callable[[float], bool], problem: str) -> Calla
 positive_int = _checked(int, lambda n: n > 0, "is not a positive integer")
 non_negative_int = _checked(int, lambda n: n >= 0, "is negative")
 positive_float = _checked(float, lambda x: x > 0, "is not a positive number")
+non_negative_float = _checked(float, lambda x: x >= 0, "is negative")
 fraction = _checked(float, lambda x: 0.0 < x <= 1.0, "is not in (0, 1]")
 ratio_above_one = _checked(float, lambda x: x > 1.0, "must be greater than 1")
 
@@ -321,6 +322,10 @@ SETTINGS: tuple[Setting, ...] = (
             "per core on CPU, one on a GPU; 0: in this process, without isolation)", RUN, metavar="N|auto", example=1),
     Setting("trial_timeout", positive_float, None, "a trial still running after this many seconds is "
             "stopped and recorded as an error", RUN, metavar="SECONDS", example=600.0),
+    Setting("hang_after", non_negative_float, 600.0, "a trial that makes no progress (no training step or "
+            "evaluation) for this many seconds, or for 10 times the slowest progress interval seen in the sweep "
+            "if that is longer, is stopped as hung and recorded as an error (local workers; 0: never)", RUN,
+            metavar="SECONDS", example=30.0),
     Setting("executor", executor, "local", "local (a pool of processes on this machine) or ray", RUN,
             metavar="NAME", example="ray"),
     Setting("ray_address", text, None, "with --executor ray: a cluster address, or auto to join the "

@@ -14,6 +14,7 @@ import platform
 import random
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -122,6 +123,20 @@ def error_outcome(spec: TrialSpec, message: str) -> TrialOutcome:
     return TrialOutcome(row, [])
 
 
+def _no_heartbeat() -> None:
+    pass
+
+
+_heartbeat: Callable[[], None] = _no_heartbeat
+
+
+def set_heartbeat(callback: Callable[[], None] | None) -> None:
+    """Call ``callback`` as a trial progresses (after every training step and evaluation), so that
+    the process running trials can tell a slow trial from a hung one (:mod:`harness.runs.stall`)."""
+    global _heartbeat
+    _heartbeat = callback or _no_heartbeat
+
+
 def prepare_process() -> None:
     """Pay once per process, before the first trial, the costs no trial should carry.
 
@@ -197,6 +212,7 @@ class Training:
         tick = time.perf_counter()
         for step in range(1, spec.max_steps + 1):
             detached = self.step()
+            _heartbeat()
             loss_sum = detached if loss_sum is None else loss_sum + detached
             losses_since_eval += 1
             if gradients is not None and gradients.due(step):
@@ -212,7 +228,9 @@ class Training:
                 row["status"] = "diverged"
                 break
             val_loss, val_score = evaluate(self.model, self.task, self.validation)
+            _heartbeat()
             test_loss, test_score = evaluate(self.model, self.task, self.test)
+            _heartbeat()
             if not all(math.isfinite(v) for v in (val_loss, val_score, test_loss, test_score)):
                 row["status"] = "diverged"
                 break
