@@ -318,8 +318,9 @@ SETTINGS: tuple[Setting, ...] = (
             "whatever --workers and --executor (another count may change the last digits)", TRIAL, metavar="N",
             identity=False, must_match=True, example=2),
     # -- how the sweep executes -------------------------------------------------------------------
-    Setting("workers", workers, "auto", "parallel trial processes (auto: one single-threaded worker "
-            "per core on CPU, one on a GPU; 0: in this process, without isolation)", RUN, metavar="N|auto", example=1),
+    Setting("workers", workers, "auto", "parallel trial processes (auto: one worker per core on CPU, "
+            "one on a GPU; 0: in this process, without isolation); each trial runs --threads threads", RUN,
+            metavar="N|auto", example=1),
     Setting("trial_timeout", positive_float, None, "a trial still running after this many seconds is "
             "stopped and recorded as an error", RUN, metavar="SECONDS", example=600.0),
     Setting("hang_after", non_negative_float, 600.0, "a trial that makes no progress (no training step or "
