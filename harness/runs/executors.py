@@ -219,7 +219,8 @@ class ProcessPoolExecutor:
                  hang_after: float | None = None) -> None:
         self.size, self.threads, self.trial_timeout = workers, threads, trial_timeout
         self.stalls = StallWatch(hang_after)
-        self.watch: Callable[[list[tuple[str, float]]], None] | None = None
+        self.watch: Callable[[list[tuple[str, float]]], None] | None = None  # shown every TICK_S seconds
+        self._shown = 0.0
         self.context = multiprocessing.get_context("spawn")  # fork after OpenMP has started can hang
         self.extra_plugins = os.environ.get("HARNESS_EXTRA_PLUGINS", "")
         self.queue: collections.deque[TrialSpec] = collections.deque()
@@ -254,8 +255,9 @@ class ProcessPoolExecutor:
             busy = [w for w in self.workers if w.spec is not None]
             if not busy:
                 return
-            if self.watch is not None:
-                now = time.monotonic()
+            now = time.monotonic()
+            if self.watch is not None and now - self._shown >= TICK_S:
+                self._shown = now
                 self.watch([(w.spec.label, now - w.started) for w in busy if w.ready and w.spec is not None])
             waitables = [w.conn for w in busy] + [w.process.sentinel for w in busy]
             ready = multiprocessing.connection.wait(waitables, timeout=self._wait_time(busy))
