@@ -24,12 +24,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.runs.environment import available_cores
 from harness.runs.spec import TrialSpec
 from harness.runs.stall import StallWatch
-from harness.runs.training import TrialOutcome, error_outcome
+
+if TYPE_CHECKING:  # importing training imports torch: a worker must set up first (see _worker_main)
+    from harness.runs.training import TrialOutcome
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: A worker that dies this many times in a row before finishing any trial means workers cannot run.
@@ -147,7 +149,7 @@ def _worker_main(conn: Any, threads: int, extra_plugins: str, parent: int) -> No
     import torch
 
     torch.set_num_threads(threads)
-    from harness.runs.training import prepare_process, run_trial, set_heartbeat
+    from harness.runs.training import error_outcome, prepare_process, run_trial, set_heartbeat
 
     prepare_process()
     set_heartbeat(_throttled_beat(conn))
@@ -310,6 +312,8 @@ class ProcessPoolExecutor:
 
     def _lost(self, worker: _Worker, why: str) -> TrialOutcome:
         """Record the worker's trial as an error, and replace the worker."""
+        from harness.runs.training import error_outcome
+
         spec = worker.spec
         assert spec is not None
         worker.stop(kill=True)
