@@ -114,7 +114,7 @@ def test_comma_lists_of_values_still_make_axes(item, expected):
 def test_accepted_values_run_and_stored_errors_carry_no_machine_path(tmp_path, plugin):
     out = tmp_path / "run"
     code = main(["run", "--plugin", plugin, "--models", "scanner,rnn", "--task", "adding", "--model-opt",
-                 "scanner:mode=loop", "--model-opt", "scanner:fail=true", "--workers", "1", *TINY,
+                 "scanner:mode=loop", "--model-opt", "scanner:fail=true", "--workers", "0", *TINY,
                  "--out", str(out)])
     assert code == 1
     rows = pd.read_csv(out / "results.csv").set_index("model")
