@@ -1,5 +1,5 @@
-"""``--executor ray``: the same numbers as one local worker, contained crashes and timeouts, plugin files
-shipped to the workers, and a one-line error without Ray.
+"""``--executor ray``: contained crashes and timeouts, plugin files shipped to the workers, and a one-line
+error without Ray. (The same numbers as local workers: ``tests/test_threads.py``.)
 
 Tests that start Ray need it installed (``pip install -e ".[test,ray]"``) and are skipped otherwise;
 each runs the ``harness`` command in a fresh process, so Ray starts and stops as it does for a user.
@@ -20,9 +20,6 @@ from tests import plugin_sources as src
 # The issue's "must show" command (without figures and progress bar).
 SWEEP = ["--models", "lstm,rnn", "--task", "recall", "--lengths", "5,10", "--seeds", "2", "--steps", "60",
          "--batch-size", "16", "--hidden-size", "16", "--no-plot", "--quiet"]
-NUMBERS = ["model", "task", "length", "seed", "config_id", "status", "score", "loss", "val_score", "val_loss",
-           "best_val_score", "steps"]
-TRIAL = ["model", "task", "length", "seed"]
 
 
 @pytest.fixture
@@ -33,28 +30,6 @@ def ray():
 def harness_command(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=300,
                           check=False)
-
-
-def test_ray_gives_the_numbers_of_one_local_worker(ray, tmp_path):
-    """Seeding is per trial, so a trial's numbers do not depend on where it runs: bit for bit, curves too.
-
-    No ``--threads`` is needed: a Ray trial takes 1 thread by default and ``--workers 1`` gives its
-    worker every core, but at these sizes torch runs every operation on one thread anyway (and on
-    this machine larger ones matched across thread counts too). Give both runs the same
-    ``--threads`` where that matters.
-    """
-    on_ray = harness_command("run", "--executor", "ray", *SWEEP, "--out", str(tmp_path / "ray"))
-    assert on_ray.returncode == 0, on_ray.stderr
-    assert main(["run", "--workers", "1", *SWEEP, "--out", str(tmp_path / "local")]) == 0
-    ray_rows = pd.read_csv(tmp_path / "ray" / "results.csv")
-    local_rows = pd.read_csv(tmp_path / "local" / "results.csv")
-    assert len(ray_rows) == 8 and set(ray_rows["status"]) == {"ok"}
-    pd.testing.assert_frame_equal(ray_rows[NUMBERS], local_rows[NUMBERS])
-    ray_curves = pd.read_csv(tmp_path / "ray" / "curves.csv").drop(columns="elapsed_seconds")
-    local_curves = pd.read_csv(tmp_path / "local" / "curves.csv").drop(columns="elapsed_seconds")
-    pd.testing.assert_frame_equal(ray_curves, local_curves)
-    assert (ray_rows["model_provider"] == local_rows["model_provider"]).all()
-    assert "started a local instance" in on_ray.stderr
 
 
 def test_a_crash_or_a_timeout_on_ray_is_an_error_row_and_the_rest_finish(ray, tmp_path):

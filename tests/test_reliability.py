@@ -150,6 +150,15 @@ def rows(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "results.csv")
 
 
+def recorded(out: Path) -> int:
+    """Rows written so far (0 while results.csv is missing or created but not yet written: polling
+    a running sweep can see the file between its creation and its first write)."""
+    try:
+        return len(rows(out))
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return 0
+
+
 # -- 3. a trial that kills its own process --------------------------------------------------------------------
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -174,7 +183,7 @@ def test_sigterm_saves_finished_trials_and_stops_the_workers(tmp_path, faulty):
     out = tmp_path / "run"
     run = start("run", "--plugin", faulty, "--models", "sleeper", "--task", "adding", *TINY, "--lengths", "3,4,5,6",
                 "--seeds", "2", "--workers", "2", "--out", str(out), env={"SLEEP": "0.15"})
-    wait_for(lambda: (out / "results.csv").exists() and len(rows(out)) >= 1)
+    wait_for(lambda: recorded(out) >= 1)
     workers = workers_of(run.pid)
     assert workers
     run.send_signal(signal.SIGTERM)
@@ -383,3 +392,12 @@ def test_the_kernel_path_is_recorded_and_a_switch_is_refused_on_resume(tmp_path)
     fresh = harness(*args[:-1], str(tmp_path / "eager"), env={"HARNESS_FUSED": "0"})
     assert fresh.returncode == 0 and set(rows(tmp_path / "eager").query("model == 'peephole'")["implementation"]) == {
         "eager: HARNESS_FUSED=0"}
+
+
+def test_a_worker_sets_up_before_importing_torch():
+    """A spawned worker imports the executors module first: it must not import torch, so that the
+    worker dies with its parent and sets its thread variables before the slow import (on a loaded
+    machine, seconds in which a killed sweep's workers lived on)."""
+    code = "import sys, harness.runs.executors; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["False"], done.stderr

@@ -26,6 +26,7 @@ environment:
   HARNESS_STRICT_PLUGINS=1   a broken plugin is an error instead of a warning
   HARNESS_MALLOC=default     keep glibc's allocator settings (see README, Performance)
   HARNESS_FUSED=0            run custom cells with their eager equations, not fused kernels
+  HARNESS_HANG_FACTOR=10     a trial is hung after max(--hang-after, this × the slowest progress interval seen)
 """
 
 SWEEP_EPILOG = ("Every option can also be set in a TOML file given with --config (same names, underscores "
@@ -47,9 +48,11 @@ def _sweep_options(parser: argparse.ArgumentParser, roles: tuple[str, ...], skip
     S.add_arguments(parser, roles, skip)
     parser.add_argument("--model-opt", action="append", default=[], metavar="[MODEL:]KEY=VALUE[,VALUE...]",
                         help="model option for every model that takes it, or for one (e.g. NAME:forget_bias=3); "
-                             "several values make an axis; repeatable")
+                             "several values make an axis; repeat the flag for each option "
+                             "(--model-opt a=1 --model-opt b=2)")
     parser.add_argument("--task-opt", action="append", default=[], metavar="[TASK:]KEY=VALUE[,VALUE...]",
-                        help="task option, for every task that takes it or for one; repeatable")
+                        help="task option, for every task that takes it or for one; several values make an axis; "
+                             "repeat the flag for each option (--task-opt a=1 --task-opt b=2)")
     parser.add_argument("--no-plot", action="store_true", help="do not draw the figures at the end")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     _plugin_options(parser)

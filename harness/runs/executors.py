@@ -7,7 +7,9 @@ submit new trials as results come in, and other engines plug in behind the same 
 The local pool isolates every trial in a worker process (with one worker too): a trial that kills
 its process (a segfault, ``os._exit``, the out-of-memory killer) is recorded as an ``error`` naming
 the exit code or signal, its worker is replaced, and every other trial runs. A trial running
-longer than ``trial_timeout`` seconds is stopped the same way. Workers exit when the sweep's main
+longer than ``trial_timeout`` seconds is stopped the same way, and so is a hung one: each worker
+reports progress as its trial trains (a heartbeat), and a trial silent for far longer than any
+progress took so far is stopped (:mod:`harness.runs.stall`; ``--hang-after``). Workers exit when the sweep's main
 process dies, however it dies (``PR_SET_PDEATHSIG`` on Linux, a watchdog thread elsewhere).
 """
 
@@ -21,16 +23,23 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.runs.environment import available_cores
 from harness.runs.spec import TrialSpec
-from harness.runs.training import TrialOutcome, error_outcome
+from harness.runs.stall import StallWatch
+
+if TYPE_CHECKING:  # importing training imports torch: a worker must set up first (see _worker_main)
+    from harness.runs.training import TrialOutcome
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: A worker that dies this many times in a row before finishing any trial means workers cannot run.
 STARTUP_FAILURES = 3
+#: Seconds between two heartbeats of a running trial (at most; a trial reports as it progresses).
+BEAT_S = 0.25
+#: Seconds between two refreshes of what the running trials are doing (the progress display).
+TICK_S = 1.0
 
 
 class Executor(Protocol):
@@ -42,11 +51,6 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Stop every worker (running trials are abandoned)."""
-
-
-def threads_per_worker(workers: int) -> int:
-    """Divide the cores between workers so the machine is never oversubscribed."""
-    return max(1, available_cores() // max(1, workers))
 
 
 def resolve_workers(workers: int | str, device: str, trials: int) -> int:
@@ -145,9 +149,10 @@ def _worker_main(conn: Any, threads: int, extra_plugins: str, parent: int) -> No
     import torch
 
     torch.set_num_threads(threads)
-    from harness.runs.training import prepare_process, run_trial
+    from harness.runs.training import error_outcome, prepare_process, run_trial, set_heartbeat
 
     prepare_process()
+    set_heartbeat(_throttled_beat(conn))
     conn.send(("ready", None))  # a worker that dies before this could not start; after it, a trial killed it
     while True:
         try:
@@ -164,6 +169,18 @@ def _worker_main(conn: Any, threads: int, extra_plugins: str, parent: int) -> No
             conn.send(("outcome", error_outcome(spec, message)))
 
 
+def _throttled_beat(conn: Any) -> Any:
+    """A heartbeat that tells the main process of progress at most every :data:`BEAT_S` seconds."""
+    last = [0.0]
+
+    def beat() -> None:
+        now = time.monotonic()
+        if now - last[0] >= BEAT_S:
+            last[0] = now
+            conn.send(("beat", None))
+    return beat
+
+
 class _Worker:
     def __init__(self, context: Any, threads: int, extra_plugins: str) -> None:
         self.conn, child = context.Pipe()
@@ -175,9 +192,11 @@ class _Worker:
         self.started = 0.0
         self.ready = False  # set when the worker says it has started (torch, plugins loaded)
 
-    def give(self, spec: TrialSpec) -> None:
+    def give(self, spec: TrialSpec, stalls: StallWatch) -> None:
         self.spec, self.started = spec, time.monotonic()
         self.conn.send(spec)
+        if self.ready:
+            stalls.start(id(self), self.started)
 
     def stop(self, kill: bool) -> None:
         if self.process.is_alive():
@@ -198,8 +217,12 @@ class _Worker:
 class ProcessPoolExecutor:
     """Runs trials in ``workers`` spawned processes, each with ``threads`` torch threads."""
 
-    def __init__(self, workers: int, threads: int, trial_timeout: float | None = None) -> None:
+    def __init__(self, workers: int, threads: int, trial_timeout: float | None = None,
+                 hang_after: float | None = None) -> None:
         self.size, self.threads, self.trial_timeout = workers, threads, trial_timeout
+        self.stalls = StallWatch(hang_after)
+        self.watch: Callable[[list[tuple[str, float]]], None] | None = None  # shown every TICK_S seconds
+        self._shown = 0.0
         self.context = multiprocessing.get_context("spawn")  # fork after OpenMP has started can hang
         self.extra_plugins = os.environ.get("HARNESS_EXTRA_PLUGINS", "")
         self.queue: collections.deque[TrialSpec] = collections.deque()
@@ -216,7 +239,7 @@ class ProcessPoolExecutor:
             worker = idle.pop() if idle else self._start()
             spec = self.queue.popleft()
             try:
-                worker.give(spec)
+                worker.give(spec, self.stalls)
             except OSError:  # an idle worker that died meanwhile: replace it, keep the trial
                 worker.spec = None
                 worker.stop(kill=True)
@@ -234,6 +257,10 @@ class ProcessPoolExecutor:
             busy = [w for w in self.workers if w.spec is not None]
             if not busy:
                 return
+            now = time.monotonic()
+            if self.watch is not None and now - self._shown >= TICK_S:
+                self._shown = now
+                self.watch([(w.spec.label, now - w.started) for w in busy if w.ready and w.spec is not None])
             waitables = [w.conn for w in busy] + [w.process.sentinel for w in busy]
             ready = multiprocessing.connection.wait(waitables, timeout=self._wait_time(busy))
             for worker in busy:
@@ -246,10 +273,14 @@ class ProcessPoolExecutor:
                 yield self._abandoned.pop(0)
 
     def _wait_time(self, busy: list[_Worker]) -> float | None:
-        if self.trial_timeout is None:
+        """Until the next trial would time out or count as hung, or the display is refreshed."""
+        deadlines = [w.started + self.trial_timeout for w in busy if self.trial_timeout is not None]
+        deadlines += [d for d in (self.stalls.deadline(id(w)) for w in busy) if d is not None]
+        if self.watch is not None:
+            deadlines.append(time.monotonic() + TICK_S)
+        if not deadlines:
             return None
-        now = time.monotonic()
-        return max(0.0, min(w.started + self.trial_timeout - now for w in busy))
+        return max(0.0, min(deadlines) - time.monotonic())
 
     def _collect(self, worker: _Worker, ready: list[Any]) -> TrialOutcome | None:
         spec = worker.spec
@@ -261,23 +292,33 @@ class ProcessPoolExecutor:
                 kind, outcome = "", None
             if kind == "ready":  # the trial's clock starts now, not while torch was being imported
                 worker.ready, worker.started, self.failed_starts = True, time.monotonic(), 0
+                self.stalls.start(id(worker), worker.started)
+                return None
+            if kind == "beat":
+                self.stalls.beat(id(worker), time.monotonic())
                 return None
             if outcome is not None:
                 worker.spec = None
+                self.stalls.finish(id(worker))
                 return outcome
         if worker.process.sentinel in ready or not worker.process.is_alive():
             worker.process.join(timeout=5)
             return self._lost(worker, f"its worker process died ({describe_exit(worker.process.exitcode)})")
         if worker.ready and self.trial_timeout is not None and time.monotonic() - worker.started >= self.trial_timeout:
             return self._lost(worker, f"timed out after {self.trial_timeout:g} s (--trial-timeout)")
+        if worker.ready and self.stalls.hung(id(worker), time.monotonic()):
+            return self._lost(worker, f"stopped as hung: {self.stalls.describe()}")
         return None
 
     def _lost(self, worker: _Worker, why: str) -> TrialOutcome:
         """Record the worker's trial as an error, and replace the worker."""
+        from harness.runs.training import error_outcome
+
         spec = worker.spec
         assert spec is not None
         worker.stop(kill=True)
         self.workers.remove(worker)
+        self.stalls.finish(id(worker))
         if not worker.ready:
             self.failed_starts += 1
         if self.failed_starts >= STARTUP_FAILURES:  # workers cannot even start: do not loop forever
@@ -297,14 +338,16 @@ class ProcessPoolExecutor:
         self.workers.clear()
 
 
-def make_executor(workers: int, threads: int | None = None, trial_timeout: float | None = None,
-                  kind: str = "local", **ray_options: Any) -> Executor:
-    """The executor for a sweep: Ray, this process (``workers == 0``), or a local pool."""
-    threads = threads or threads_per_worker(workers)
+def make_executor(workers: int, threads: int = 1, trial_timeout: float | None = None,
+                  kind: str = "local", hang_after: float | None = None, **ray_options: Any) -> Executor:
+    """The executor for a sweep: Ray, this process (``workers == 0``), or a local pool.
+
+    ``threads`` per trial does not depend on ``workers``: the same count gives bit-identical numbers
+    whatever the number of workers or the executor (one thread is the default)."""
     if kind == "ray":
         from harness.runs.ray_executor import RayExecutor
 
         return RayExecutor(threads=threads, trial_timeout=trial_timeout, **ray_options)
     if workers == 0:
         return InProcessExecutor(threads)
-    return ProcessPoolExecutor(workers, threads, trial_timeout)
+    return ProcessPoolExecutor(workers, threads, trial_timeout, hang_after)

@@ -5,8 +5,10 @@ A table holds shared options (``forget_bias = 3``: every swept model whose build
 ``forget_bias``) and one sub-table per model or task (``[model_options.NAME]``). A list of values
 is an axis of the sweep (``--model-opt NAME:forget_bias=1,3,5``, or ``forget_bias = [1, 3, 5]`` in
 TOML); a bracketed list on the command line is one value (``--model-opt m:sizes=[64,64]``).
-Names resolve aliases; a name that is not in the sweep, or an option the builder does not take,
-is a one-line error before any training.
+Names resolve aliases; a name that is not in the sweep, an option the builder does not take, or
+a value its annotation or default does not allow (:mod:`harness.runs.option_types`) is a one-line
+error before any training. ``KEY=VALUE`` inside a comma list is refused: the flag is repeated for
+each option.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import difflib
 import inspect
 import itertools
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from harness.errors import HarnessError
 from harness.registry.entries import Entry, Registry
+from harness.runs.option_types import check_values
 
 #: Builder parameters the harness itself supplies, per kind of entry. A model builder that declares
 #: ``length`` receives the trial's dependency length T (for initialisations that depend on it).
@@ -49,7 +53,30 @@ def _parse_item(text: str, flag: str) -> tuple[str | None, str, Any]:
     key, sep, raw = assignment.partition("=")
     if not sep or not key.strip().isidentifier() or (":" in head and not target.strip()):
         raise HarnessError(f"{flag} '{text}': expected KEY=VALUE or NAME:KEY=VALUE")
+    _refuse_second_option(text, raw, flag)
     return (target.strip() or None), key.strip(), _literal(raw.strip())
+
+
+_OPTION_START = re.compile(r"\s*([A-Za-z_][\w.-]*:)?[A-Za-z_]\w*\s*=")
+
+
+def _refuse_second_option(text: str, raw: str, flag: str) -> None:
+    """``KEY=1,OTHER=2`` would silently make an axis of ``1`` and ``"OTHER=2"``: one line instead,
+    with the repeated flags that were probably meant."""
+    if "," not in raw:
+        return
+    try:
+        ast.literal_eval(raw.strip())
+        return  # a quoted or bracketed literal: its commas and '=' are the value's own
+    except (ValueError, SyntaxError):
+        pass
+    parts = text.split(",")
+    index = next((i for i in range(1, len(parts)) if _OPTION_START.match(parts[i])), None)
+    if index is None:
+        return
+    first, extra = ",".join(parts[:index]), parts[index].strip()
+    raise HarnessError(f"{flag} '{text}': '{extra}' is a second option inside one comma list (commas separate "
+                       f"values of one option); repeat the flag instead: {flag} {first} {flag} {extra}")
 
 
 def _literal(raw: str) -> Any:
@@ -188,6 +215,7 @@ def resolve(table: dict[str, Any], registry: Registry, swept: list[str], flag: s
             if not open_ended and key not in options:
                 raise HarnessError(_unknown_option(kind, name, key, options, flag))
         axes.update(named.get(name, {}))
+        check_values(kind, name, registry.get(name).load(), axes, flag)
         missing = [k for k, v in options.items() if v == REQUIRED and k not in axes]
         if missing:
             raise HarnessError(f"{flag}: {kind} '{name}' needs option(s) {', '.join(missing)} "

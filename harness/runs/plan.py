@@ -261,16 +261,19 @@ def row_key(models: Registry, tasks: Registry):
     return key
 
 
-def check_resume(plan: SweepPlan, rows: list[dict[str, Any]]) -> None:
+def check_resume(plan: SweepPlan, rows: list[dict[str, Any]], trains: bool = True) -> None:
     """Refuse a folder whose trials share no value of some setting with this command.
 
     Growing an axis (``--lr 1e-3,1e-2`` over a folder made at ``1e-3``) or running part of one is
     allowed; a setting changed outright (``--steps 500`` over a folder made at 1000) is an error,
-    as is a model whose implementation (e.g. fused kernels or eager equations) changed.
+    as is a model whose implementation (e.g. fused kernels or eager equations) changed. Settings
+    outside the identity that must still match (``--threads``) are compared only when the command
+    ``trains`` something, and only with rows that record them: a resume with nothing to train mixes
+    no numbers, and rows written before the column existed have no known value.
     """
     if not rows:
         return
-    problems = []
+    problems = _unmatched(plan, rows) if trains else []
     for setting in S.identity_settings():
         for task in plan.tasks:
             before = {repr(values_from_row(r)[setting.name]) for r in rows if r["task"] == task}
@@ -288,6 +291,22 @@ def check_resume(plan: SweepPlan, rows: list[dict[str, Any]]) -> None:
         raise HarnessError(f"output folder {plan.out} holds trials with different settings ({'; '.join(problems)}); "
                            f"use a new --out, the folder's values to resume, or a list that includes them to add "
                            f"an axis (e.g. --lr 0.001,0.01)")
+
+
+def _unmatched(plan: SweepPlan, rows: list[dict[str, Any]]) -> list[str]:
+    """``must_match`` settings whose recorded values (where recorded) do not include this command's."""
+    problems = []
+    for setting in S.matched_settings():
+        recorded = [r for r in rows if _given(r.get(setting.column_name))]
+        before = {repr(values_from_row(r)[setting.name]) for r in recorded}
+        now = {repr(s.values[setting.name]) for s in plan.specs}
+        if before and now and not now <= before:
+            problems.append(f"{setting.cli_flag} {_show(before)} -> {_show(now)}")
+    return problems
+
+
+def _given(raw: Any) -> bool:
+    return raw is not None and raw == raw and not (isinstance(raw, str) and not raw.strip())
 
 
 def _changed_options(plan: SweepPlan, rows: list[dict[str, Any]]) -> list[str]:

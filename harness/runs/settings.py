@@ -13,7 +13,10 @@ Roles:
 * ``grid``: what a sweep covers (models, tasks, lengths, seeds);
 * ``trial``: how one trial trains. Recorded in every result row; part of the trial's identity
   (unless ``identity=False``, for settings that change what is measured but not the numbers);
-  with ``axis=True`` a list of values makes an axis of the sweep (``--lr 1e-3,1e-2``);
+  with ``axis=True`` a list of values makes an axis of the sweep (``--lr 1e-3,1e-2``). A setting
+  with ``must_match=True`` (``threads``) changes the last digits but is not part of the identity, so
+  folders written before it was recorded keep theirs; a resume that would train new trials with
+  another value than the folder's rows record is refused (:func:`harness.runs.plan.check_resume`);
 * ``run``: how the sweep executes (workers, executor, output folder): never changes a number;
 * ``search``: the adaptive length search of ``harness horizon``.
 """
@@ -67,6 +70,7 @@ def _checked(kind: type, accept: Callable[[float], bool], problem: str) -> Calla
 positive_int = _checked(int, lambda n: n > 0, "is not a positive integer")
 non_negative_int = _checked(int, lambda n: n >= 0, "is negative")
 positive_float = _checked(float, lambda x: x > 0, "is not a positive number")
+non_negative_float = _checked(float, lambda x: x >= 0, "is negative")
 fraction = _checked(float, lambda x: 0.0 < x <= 1.0, "is not in (0, 1]")
 ratio_above_one = _checked(float, lambda x: x > 1.0, "must be greater than 1")
 
@@ -210,6 +214,7 @@ class Setting:
     axis: bool = False       # a list of values is an axis of the sweep
     per_task: bool = False   # may be a table TASK -> value(s)
     identity: bool = True    # (trial settings) part of a trial's identity and the resume check
+    must_match: bool = False  # (trial settings, identity=False) trials still to run must share the folder's value
     flag: str = ""           # command-line flag; default --name-with-dashes
     key: str = ""            # TOML key; default the name
     column: str = ""         # results.csv column (trial settings); default the name
@@ -326,13 +331,19 @@ SETTINGS: tuple[Setting, ...] = (
             "initialisation; end: the last step) into gradients.csv", TRIAL, metavar="STEPS", example="0,end"),
     Setting("grad_stats", flag, False, "also measure gradient flow (norm ratio, decay rate) at every "
             "evaluation, into curves.csv", TRIAL, identity=False, boolean=True, example=True),
+    Setting("threads", positive_int, 1, "torch threads per CPU trial; the same count gives the same numbers "
+            "whatever --workers and --executor (another count may change the last digits)", TRIAL, metavar="N",
+            identity=False, must_match=True, example=2),
     # -- how the sweep executes -------------------------------------------------------------------
-    Setting("workers", workers, "auto", "parallel trial processes (auto: one single-threaded worker "
-            "per core on CPU, one on a GPU; 0: in this process, without isolation)", RUN, metavar="N|auto", example=1),
-    Setting("threads", positive_int, None, "torch threads per worker (default: cores // workers)", RUN,
-            metavar="N", example=1),
+    Setting("workers", workers, "auto", "parallel trial processes (auto: one worker per core on CPU, "
+            "one on a GPU; 0: in this process, without isolation); each trial runs --threads threads", RUN,
+            metavar="N|auto", example=1),
     Setting("trial_timeout", positive_float, None, "a trial still running after this many seconds is "
             "stopped and recorded as an error", RUN, metavar="SECONDS", example=600.0),
+    Setting("hang_after", non_negative_float, 600.0, "a trial that makes no progress (no training step or "
+            "evaluation) for this many seconds, or for 10 times the slowest progress interval seen in the sweep "
+            "if that is longer, is stopped as hung and recorded as an error (local workers; 0: never)", RUN,
+            metavar="SECONDS", example=30.0),
     Setting("executor", executor, "local", "local (a pool of processes on this machine) or ray", RUN,
             metavar="NAME", example="ray"),
     Setting("ray_address", text, None, "with --executor ray: a cluster address, or auto to join the "
@@ -366,6 +377,11 @@ def trial_settings() -> list[Setting]:
 def identity_settings() -> list[Setting]:
     """The trial settings that determine a trial's numbers: its identity and the resume check."""
     return [s for s in SETTINGS if s.role == TRIAL and s.identity]
+
+
+def matched_settings() -> list[Setting]:
+    """Trial settings outside the identity that trials still to run must share with the folder's rows."""
+    return [s for s in SETTINGS if s.role == TRIAL and s.must_match]
 
 
 def axis_settings() -> list[Setting]:

@@ -80,8 +80,17 @@ def open_run_folder(plan: SweepPlan) -> Iterator[RunFolder]:
     with FolderLock(plan.out, command):
         state = get_state()
         store = ResultStore(plan.out, key=row_key(state.models, state.tasks))
-        check_resume(plan, list(store.rows.values()))
+        pending = any(store.status(s.key) not in FINISHED for s in plan.specs)
+        check_resume(plan, list(store.rows.values()), trains=pending or _searches(plan))
         yield RunFolder(plan.out, store, _previous_metadata(plan.out), store.notes)
+
+
+def _searches(plan: SweepPlan) -> bool:
+    """Whether the plan is an adaptive length search (``harness horizon``), which trains lengths it
+    does not list in advance."""
+    from harness.runs import settings as S
+
+    return any(plan.config.get(s.name) is not None for s in S.by_role(S.SEARCH))
 
 
 def _previous_metadata(folder: Path) -> dict[str, Any] | None:
@@ -158,8 +167,14 @@ class Recorder:
             if outcome.status == "diverged":
                 self.bar.write(f"harness: trial {label} diverged (non-finite loss) after {row['steps']} steps")
         self.ran += 1
-        self.bar.set_postfix_str(label)
+        self.bar.set_postfix_str(label, refresh=False)
         self.bar.update(1)
+
+    def show_running(self, running: list[tuple[str, float]]) -> None:
+        """Show each running trial and how long it has run, longest first (a hung one stands out)."""
+        if running:
+            shown = sorted(running, key=lambda item: -item[1])
+            self.bar.set_postfix_str("running: " + "; ".join(f"{label} {_duration(s)}" for label, s in shown))
 
     def close(self) -> None:
         self.bar.close()
@@ -185,7 +200,8 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
     kind = config.executor if todo or drive is not None else "local"  # nothing to run: start no Ray
     # Before run.json: a Ray cluster that cannot be reached leaves the folder as it was.
     executor = make_executor(workers, executor_info["threads_per_worker"], config.trial_timeout, kind,
-                             address=config.ray_address, gpus_per_trial=config.gpus_per_trial, device=plan.device)
+                             hang_after=config.get("hang_after"), address=config.ray_address,
+                             gpus_per_trial=config.gpus_per_trial, device=plan.device)
     try:
         metadata = run_metadata(plan, folder.previous, started_at, executor_info)
         write_json(folder.path / "run.json", metadata)
@@ -193,6 +209,8 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
         executor.close()
         raise
     recorder = Recorder(folder, len(todo), skipped, progress)
+    if progress and hasattr(executor, "watch"):
+        executor.watch = recorder.show_running
     interrupted: Interrupted | None = None
     started = time.perf_counter()
     try:
@@ -215,17 +233,17 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
 
 
 def execution_settings(plan: SweepPlan) -> dict[str, Any]:
-    """How the trials run, for run.json. On Ray each trial takes ``--threads`` CPUs (default 1)."""
-    from harness.runs.executors import threads_per_worker
-
+    """How the trials run, for run.json. Each trial runs with ``--threads`` threads (default 1), on
+    any executor (on Ray it requests that many CPUs)."""
     config = plan.config
+    threads = config.get("threads") or 1
     if config.executor == "ray":
         return {"executor": "ray", "ray_address": config.ray_address or "local",
-                "threads_per_worker": config.threads or 1, "gpus_per_trial": config.gpus_per_trial,
+                "threads_per_worker": threads, "gpus_per_trial": config.gpus_per_trial,
                 "trial_timeout": config.trial_timeout}
     return {"executor": config.executor, "workers": plan.workers,
-            "threads_per_worker": config.threads or threads_per_worker(plan.workers),
-            "trial_timeout": config.trial_timeout}
+            "threads_per_worker": threads, "trial_timeout": config.trial_timeout,
+            "hang_after": config.get("hang_after")}
 
 
 def _drive_all(executor: Any, recorder: Recorder, todo: list[TrialSpec], plan: SweepPlan) -> None:
@@ -248,3 +266,8 @@ def _progress_bar(total: int, skipped: int, enabled: bool) -> Any:
     description = f"trials ({skipped} already done)" if skipped else "trials"
     return tqdm(total=total, desc=description, unit="trial", disable=not enabled, dynamic_ncols=True,
                 file=sys.stderr, bar_format="{desc}: {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining} {postfix}")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

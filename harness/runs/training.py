@@ -14,6 +14,7 @@ import platform
 import random
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,7 @@ from harness.model_api import TaskModel, count_parameters
 from harness.runs import settings as S
 from harness.runs.environment import synchronize
 from harness.runs.options import canonical
+from harness.runs.portable import portable_path, portable_text
 from harness.runs.seeding import INIT, TEST_DATA, TRAIN_DATA, VALIDATION_DATA, derive_seed
 from harness.runs.spec import TrialSpec
 from harness.task_api import Batch, Task
@@ -117,8 +119,22 @@ def _now() -> str:
 def error_outcome(spec: TrialSpec, message: str) -> TrialOutcome:
     """The outcome of a trial that could not run at all (its worker died, it timed out, ...)."""
     row = base_row(spec)
-    row.update(status="error", error=message.replace("\n", " "))
+    row.update(status="error", error=portable_text(message).replace("\n", " "))
     return TrialOutcome(row, [])
+
+
+def _no_heartbeat() -> None:
+    pass
+
+
+_heartbeat: Callable[[], None] = _no_heartbeat
+
+
+def set_heartbeat(callback: Callable[[], None] | None) -> None:
+    """Call ``callback`` as a trial progresses (after every training step and evaluation), so that
+    the process running trials can tell a slow trial from a hung one (:mod:`harness.runs.stall`)."""
+    global _heartbeat
+    _heartbeat = callback or _no_heartbeat
 
 
 def prepare_process() -> None:
@@ -137,6 +153,8 @@ def prepare_process() -> None:
 def run_trial(spec: TrialSpec) -> TrialOutcome:
     """Run one trial to completion; never raises for model, task or numerical failures."""
     started = time.perf_counter()
+    if torch.get_num_threads() != spec.threads:  # the row records the count the trial really ran with
+        torch.set_num_threads(spec.threads)
     row = base_row(spec)
     outcome = TrialOutcome(row, [])
     try:
@@ -144,8 +162,8 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     except Exception as exc:  # a plugin's failure is recorded, never propagated into the sweep
         row["status"] = "error"
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-        where = f" (at {frame.filename}:{frame.lineno})" if frame else ""
-        row["error"] = f"{type(exc).__name__}: {exc}{where}".replace("\n", " ")
+        where = f" (at {portable_path(frame.filename)}:{frame.lineno})" if frame else ""
+        row["error"] = portable_text(f"{type(exc).__name__}: {exc}{where}").replace("\n", " ")
     row["trial_seconds"] = round(time.perf_counter() - started, 4)
     row["finished_at"] = _now()
     return outcome
@@ -201,6 +219,7 @@ class Training:
         tick = time.perf_counter()
         for step in range(1, spec.max_steps + 1):
             detached = self.step()
+            _heartbeat()
             loss_sum = detached if loss_sum is None else loss_sum + detached
             losses_since_eval += 1
             if gradients is not None and gradients.due(step):
@@ -216,7 +235,9 @@ class Training:
                 row["status"] = "diverged"
                 break
             val_loss, val_score = evaluate(self.model, self.task, self.validation)
+            _heartbeat()
             test_loss, test_score = evaluate(self.model, self.task, self.test)
+            _heartbeat()
             if not all(math.isfinite(v) for v in (val_loss, val_score, test_loss, test_score)):
                 row["status"] = "diverged"
                 break
