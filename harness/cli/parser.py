@@ -158,7 +158,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                        help="timed steps per model and length (default: 5)")
     bench.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed steps first (default: 2)")
     bench.add_argument("--threads", type=int, default=1, metavar="N",
-                       help="torch threads (default: 1, as each worker of 'harness run --workers N' on N cores; "
+                       help="torch threads (default: 1, as each trial of 'harness run' unless --threads; "
                             "one thread is also far steadier on a shared machine)")
     bench.add_argument("--model-opt", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
                        help="model option, as in 'harness run', for every model that takes it or for one "
