@@ -34,8 +34,10 @@ class Task(ABC):
     """Base class for tasks. Subclasses set the class attributes and implement the abstract methods."""
 
     name: ClassVar[str]
-    input_size: ClassVar[int]
-    output_size: ClassVar[int]
+    #: Input features per step and model outputs per scored position: class attributes, or set per
+    #: instance in ``__init__`` (e.g. from a vocabulary-size option); the harness reads the built task.
+    input_size: int
+    output_size: int
     readout: ClassVar[str]  # "sequence": outputs (batch, length, output_size); "last": (batch, output_size)
     #: The sweep ``harness run`` uses when no ``--lengths`` are given, and its training budget:
     #: sized so that a first run finishes in minutes on a laptop CPU and still shows scores falling.
@@ -93,7 +95,8 @@ class Task(ABC):
         """Outputs of the optimal memoryless predictor, so that its loss can be checked empirically."""
 
     def describe(self) -> dict[str, object]:
-        """Facts recorded with every result row."""
+        """The task's facts at its length, for people and tools; the result rows record the same facts
+        from the attributes (``describe`` itself is not called by the harness)."""
         return {
             "task": self.name,
             "length": self.length,

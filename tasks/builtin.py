@@ -1,4 +1,4 @@
-"""Built-in plugin: the three synthetic long-dependency tasks (docs/tasks.md)."""
+"""Built-in plugin: the synthetic long-dependency tasks (docs/tasks.md)."""
 
 from harness import hookimpl
 
@@ -12,3 +12,9 @@ def register_tasks(register):
     register("recall", "harness.tasks.recall:LongGapRecall",
              description="Long-gap recall: name the key seen T distractors before the query (Hochreiter 1997); "
                          "key_position=middle puts it in the middle of 2T distractors.")
+    register("selective_copy", "harness.tasks.selective_copy:SelectiveCopy",
+             description="Selective copy: name 4 tokens scattered among T blanks, in order (Gu & Dao 2023); "
+                         "options tokens, vocab_size.")
+    register("mqar", "harness.tasks.mqar:MultiQueryRecall",
+             description="Multi-query associative recall: give the value of each of 4 keys, asked T steps or more "
+                         "after its pair (Arora et al. 2023); options pairs, keys, values.")

@@ -664,10 +664,11 @@ def test_items_for_entries_factories_and_subjects_with_options():
     mark = parametrize_with_checks(models=[get_state().models.get("lstm"), GoodRNN, cifg],
                                    tasks=[GoodTask, Subject("recall", length=3, samples=1024)])
     ids = [i for i, _, _ in _items(mark)]
-    assert ids[:9] == [f"lstm-{c}" for c in MODEL_CHECKS]
-    assert ids[9:18] == [f"GoodRNN-{c}" for c in MODEL_CHECKS]
-    assert ids[18:27] == [f"cifg-open-{c}" for c in CPU_MODEL_CHECKS] + ["cifg-open-device:cpu"]
-    assert ids[27:] == [f"GoodTask-{c}" for c in TASK_CHECKS] + [f"recall-{c}" for c in TASK_CHECKS]
+    n = len(MODEL_CHECKS)
+    assert ids[:n] == [f"lstm-{c}" for c in MODEL_CHECKS]
+    assert ids[n:2 * n] == [f"GoodRNN-{c}" for c in MODEL_CHECKS]
+    assert ids[2 * n:3 * n] == [f"cifg-open-{c}" for c in CPU_MODEL_CHECKS] + ["cifg-open-device:cpu"]
+    assert ids[3 * n:] == [f"GoodTask-{c}" for c in TASK_CHECKS] + [f"recall-{c}" for c in TASK_CHECKS]
     for item_id, subject, check in _items(mark):
         if item_id in ("cifg-open-hidden_size", "recall-memoryless and chance", "lstm-build"):
             check(subject)  # the subject's options and sizes are used

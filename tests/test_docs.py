@@ -144,7 +144,7 @@ def test_tutorial_single_file_plugin_loads_and_its_tests_pass(tutorial_dir, monk
     torch.set_num_threads(1)
     state = load_plugins(extra=[str(tutorial_dir / "my_plugin.py")])
     assert not state.warnings
-    assert "indrnn" in state.models and "first_bit" in state.tasks
+    assert "my_indrnn" in state.models and "first_bit" in state.tasks
     tests = importlib.import_module("test_my_plugin")
     functions = [f for name, f in vars(tests).items() if name.startswith("test_")]
     assert len(functions) == 1
@@ -168,8 +168,8 @@ def test_tutorial_package_registers_lazily(tutorial_dir):
     (package / "tasks.py").write_text(single_file)  # ... and here
     state = load_plugins(extra=["harness_indrnn.plugin"])
     assert not state.warnings
-    assert state.models.get("indrnn").target == "harness_indrnn.models:IndRNN"
-    assert state.models.get("indrnn").load().__name__ == "IndRNN"
+    assert state.models.get("my_indrnn").target == "harness_indrnn.models:IndRNN"
+    assert state.models.get("my_indrnn").load().__name__ == "IndRNN"
     assert state.tasks.get("first_bit").load().__name__ == "FirstBit"
     project = tomllib.loads((tutorial_dir / "pyproject.toml").read_text())["project"]
     assert project["entry-points"]["harness"] == {"indrnn": "harness_indrnn.plugin"}

@@ -14,6 +14,7 @@ from torch import nn
 from harness.analysis.decay import decay_rate
 from harness.analysis.gradient_report import fall_distance, gradient_summary
 from harness.cli import main
+from harness.errors import HarnessError
 from harness.model_api import TaskModel
 from harness.runs.gradients import measure_gradients
 from harness.runs.spec import TrialSpec
@@ -134,3 +135,114 @@ def test_grad_stats_during_a_run(tmp_path):
                  "--grad-stats", "--workers", "0", "--no-plot", "--quiet", "--out", str(out)]) == 0
     curves = pd.read_csv(out / "curves.csv")
     assert len(curves) == 2 and curves["grad_ratio"].between(0, 10).all() and (curves["grad_decay"] < 0).all()
+
+
+# --------------------------------------------------------------------------------------------
+# hidden-state gradients of whole-sequence models: measured through the states later steps are
+# computed from (a scan model's sequential mode), or refused with one line, never zeros
+# --------------------------------------------------------------------------------------------
+
+def test_a_scan_model_in_its_sequential_mode_gives_nonzero_state_gradients():
+    from tests.whole_sequence_models import LogScanMinGRU
+
+    torch.manual_seed(3)
+    rows = _measure(LogScanMinGRU(17, 8))
+    assert rows["state_grad_norm"].notna().all() and (rows["state_grad_norm"] > 0).all()
+
+
+def test_the_sequential_mode_gives_the_scans_input_gradients():
+    """keep_states switches the minGRU to its loop; the input gradients are the scan's to float64 rounding."""
+    from tests.whole_sequence_models import LogScanMinGRU
+
+    class ScanOnly(LogScanMinGRU):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            del self.keep_states, self.states  # no keep_states: measured in scan mode, no state column
+
+        def forward(self, x):
+            h = self.scan(x)
+            return h, h[:, -1]
+
+    torch.manual_seed(3)
+    looped = _measure(LogScanMinGRU(17, 8))
+    torch.manual_seed(3)
+    scanned = _measure(ScanOnly(17, 8))
+    assert scanned["state_grad_norm"].isna().all()
+    assert looped["grad_norm"].tolist() == pytest.approx(scanned["grad_norm"].tolist(), rel=1e-9)
+
+
+@pytest.mark.parametrize("model, task, reason", [
+    ("CopiedStates", "recall", r"no gradient of the loss reaches 32 of the 32 kept states up to step 31 "
+                               r"\(e\.g\. h_0\)"),
+    ("StackedStates", "copy", r"‖∂L/∂h_t‖ is 0 at 15 of the 16 kept states up to step 15 \(e\.g\. t = 0\)"),
+])
+def test_states_that_later_steps_are_not_computed_from_are_refused_in_one_line(model, task, reason):
+    import tests.whole_sequence_models as models
+
+    torch.manual_seed(3)
+    with pytest.raises(HarnessError, match=rf"^cannot measure ‖∂L/∂h_t‖ for model 'lstm': {reason}.*, so the later "
+                                           rf"steps are not computed from them") as info:
+        _measure(getattr(models, model)(17 if task == "recall" else 10, 8), task, 30 if task == "recall" else 5)
+    assert "\n" not in str(info.value)
+
+
+def test_states_left_empty_are_refused():
+    from tests.whole_sequence_models import LogScanMinGRU
+
+    class ForgetsItsStates(LogScanMinGRU):
+        def forward(self, x):
+            h = self.scan(x)
+            return h, h[:, -1]
+
+    with pytest.raises(HarnessError, match="must leave a list of tensors in states, got NoneType"):
+        _measure(ForgetsItsStates(17, 8))
+
+
+def test_grad_stats_do_not_need_the_states():
+    from harness.runs.gradients import gradient_stats
+    from tests.whole_sequence_models import CopiedStates
+
+    spec = TrialSpec.build("lstm", "recall", 20, 0, {"device": "cpu"})
+    task = build_task(spec)
+    stats = gradient_stats(TaskModel(CopiedStates(task.input_size, 8), task.output_size, task.readout), task, spec,
+                           torch.device("cpu"))
+    assert stats["grad_decay"] < 0
+
+
+def test_the_gradients_command_reports_the_refusal(tmp_path, monkeypatch):
+    plugin = tmp_path / "copied_states_plugin.py"
+    plugin.write_text("from harness import hookimpl\nfrom tests.whole_sequence_models import CopiedStates\n\n\n"
+                      "@hookimpl\ndef register_models(register):\n    register('copied', CopiedStates)\n")
+    monkeypatch.setenv("HARNESS_PLUGINS", "none")
+    out = tmp_path / "g"
+    main(["gradients", "--plugin", str(plugin), "--models", "copied", "--task", "recall", "--length", "10",
+          "--seeds", "1", "--at", "0", "--steps", "5", "--hidden-size", "8", "--workers", "0", "--no-plot",
+          "--quiet", "--out", str(out)])
+    (error,) = pd.read_csv(out / "results.csv")["error"]
+    assert error.startswith("HarnessError: cannot measure ‖∂L/∂h_t‖ for model 'copied': no gradient of the loss "
+                            "reaches 12 of the 12 kept states")
+
+
+def test_the_hidden_states_check_says_the_same_before_any_run():
+    from harness.testing import check_model
+    from tests.whole_sequence_models import CopiedStates, LogScanMinGRU, StackedStates
+
+    assert check_model(LogScanMinGRU, checks=["hidden states"]) == ["hidden states"]
+    with pytest.raises(AssertionError, match=r"^model CopiedStates: hidden states: no gradient of the loss reaches 7 "
+                                             r"of the 7 kept states up to step 6 \(e\.g\. h_0\)"):
+        check_model(CopiedStates, checks=["hidden states"])
+    with pytest.raises(AssertionError, match=r"hidden states: no gradient of the loss reaches 6 of the 7 kept states"):
+        check_model(StackedStates, checks=["hidden states"])
+
+
+def test_the_hidden_states_check_rejects_a_sequential_mode_that_computes_something_else():
+    from harness.testing import check_model
+    from tests.whole_sequence_models import LogScanMinGRU
+
+    class LoopDiffers(LogScanMinGRU):
+        def loop(self, x):
+            return [2 * h for h in super().loop(x)]
+
+    with pytest.raises(AssertionError, match=r"hidden states: with keep_states = True the outputs differ by .* from "
+                                             r"those without"):
+        check_model(LoopDiffers, checks=["hidden states"])

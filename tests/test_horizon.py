@@ -205,3 +205,53 @@ def test_the_horizons_figure_keeps_each_setting_apart(tmp_path):
     (run / "horizons.csv").write_text("model,task,seed,config_id,criterion,horizon\n")
     text = full_report([run], select="best")
     assert re.search(r"\| lstm init=chrono +\| ≥ 80 ", text) and re.search(r"\| lstm init=default +\| 11 ", text), text
+
+
+def _failed_at_the_shortest(tmp_path):
+    """A ``harness horizon`` folder in which both models failed at the shortest length, so each was
+    tried at one length only."""
+    from harness.runs.horizon import write_horizons
+    from harness.runs.schema import RESULT_COLUMNS
+
+    rows = []
+    for model in ("rnn", "lstm"):
+        for seed in range(2):
+            r = row(TrialSpec.build(model, "recall", 4, seed, {"max_steps": 10, "device": "cpu"}), False)
+            rows.append({**r, "val_score": r["score"], "best_val_score": r["score"]})
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame(rows).reindex(columns=RESULT_COLUMNS).to_csv(run / "results.csv", index=False)
+    write_horizons(run, "default")
+    return run
+
+
+def test_a_horizon_folder_always_gets_its_figure(tmp_path):
+    """docs/horizons.md: the search writes horizons.png, even when every model fails at once."""
+    from harness.analysis.plotting import plot_runs
+
+    written = plot_runs([_failed_at_the_shortest(tmp_path)], tmp_path / "figures")
+    assert tmp_path / "figures" / "horizons.png" in written
+
+
+def test_models_tied_below_the_shortest_length_share_a_rank(tmp_path):
+    from harness.analysis.report import full_report
+
+    ranking = full_report([_failed_at_the_shortest(tmp_path)]).split("### recall")[1]
+    ranks = {m: int(r) for r, m in re.findall(r"\|\s+(\d+) \| (\w+)\s+\| < 4", ranking)}
+    assert ranks == {"lstm": 1, "rnn": 1}
+
+
+def test_the_horizons_title_fits_in_the_figure(tmp_path):
+    """The narrowest figure (one task, two models) used to clip its two-line title at both sides."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from harness.analysis.plot_horizons import horizons_figure
+    from harness.analysis.results import load_results
+
+    fig = horizons_figure(load_results([_failed_at_the_shortest(tmp_path)]))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    title = fig.get_suptitle()
+    assert "Memory horizon per model" in title and "criterion:" in title
+    extent = fig._suptitle.get_window_extent(canvas.get_renderer())  # type: ignore[union-attr]
+    assert extent.x0 >= 0 and extent.x1 <= fig.bbox.x1 and extent.y1 <= fig.bbox.y1

@@ -12,8 +12,9 @@ from harness.registry.entries import Entry, Registry
 from harness.registry.loader import BUILTIN_PLUGINS, get_state, load_plugins
 from tests import plugin_sources as src
 
-BUILTIN_MODELS = ["bilstm", "cifg", "gru", "lstm", "peephole", "rnn"]
-BUILTIN_TASKS = ["adding", "copy", "recall"]
+BUILTIN_MODELS = ["bilstm", "cifg", "gru", "indrnn", "lru", "lstm", "mamba", "mingru", "minlstm", "peephole", "rnn",
+                  "slstm"]
+BUILTIN_TASKS = ["adding", "copy", "mqar", "recall", "selective_copy"]
 
 
 def test_builtins_are_ordinary_plugins(monkeypatch):

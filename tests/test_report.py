@@ -189,3 +189,44 @@ def test_report_module_does_not_import_matplotlib_or_torch():
             "print('matplotlib' in sys.modules, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"
+
+
+def test_csv_and_json_round_to_significant_digits(tmp_path):
+    """A horizon never failed up to T = 8 is exp(log 8) = 7.999999999999998 in floating point."""
+    rows = [trial("lstm", "recall", n, s, 1.0) for n in (4, 8) for s in range(3)]
+    run = write_run(tmp_path / "run", rows)
+    assert table_of(run)["horizon"].iloc[0] != 8.0  # what the files must not show
+    text = full_report([run], "csv")
+    assert "7.99999" not in text and "0.9999999" not in text
+    assert set(pd.read_csv(io.StringIO(text))["horizon"]) == {8.0}
+    assert {r["horizon"] for r in json.loads(full_report([run], "json"))} == {8.0}
+
+
+def test_select_best_never_chooses_between_implementations(tmp_path, monkeypatch):
+    """An implementation option (a scan or a loop) is reported per value, never selected on validation;
+    a real hyperparameter beside it still is."""
+    import harness.analysis.results as R
+
+    def declared(model):
+        return ("mode",) if model == "scanner" else ()
+
+    monkeypatch.setattr(R, "implementation_options", declared)
+    monkeypatch.setattr("harness.analysis.report.implementation_options", declared)
+    rows = []
+    for seed in range(2):
+        for length, loop_better in ((10, True), (20, False)):
+            for mode, lr in (("scan", 1e-3), ("scan", 1e-2), ("loop", 1e-3), ("loop", 1e-2)):
+                val = 0.4 + 0.3 * ((mode == "loop") == loop_better) + (0.1 if lr == 1e-2 else 0.0)
+                rows.append(trial("scanner", "recall", length, seed, 0.5, val_score=val, lr=lr,
+                                  config=f"{mode}-{lr}") | {"model_options": json.dumps({"mode": mode})})
+    run = write_run(tmp_path / "run", rows)
+    chosen = select_best(load_results([run]))
+    assert set(chosen["model"]) == {"scanner mode=scan", "scanner mode=loop"}
+    assert set(zip(chosen["model"], chosen["length"])) == {(f"scanner mode={m}", n) for m in ("scan", "loop")
+                                                          for n in (10, 20)}
+    assert set(chosen["lr"]) == {1e-2}  # the learning rate is still chosen, per implementation
+    text = full_report([run], select="best")
+    assert "| scanner mode=scan" in text and "| scanner mode=loop" in text
+    assert "axes: lr, model:mode (an implementation: never chosen);" in text
+    monkeypatch.setattr(R, "implementation_options", lambda model: ())  # an ordinary option is selected
+    assert set(select_best(load_results([run]))["model"]) == {"scanner"}

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTIN_MODELS = ("rnn", "lstm", "gru", "peephole", "cifg", "coupled", "bilstm")
+BUILTIN_MODELS = ("rnn", "lstm", "gru", "peephole", "cifg", "coupled", "bilstm", "mingru", "minlstm", "lru",
+                  "mamba", "slstm", "indrnn")
 
 
 def tracked_files() -> list[Path]:

@@ -165,3 +165,21 @@ def test_task_declared_learning_rate_is_the_default():
 
     assert get_state().tasks.get("adding").build(length=5).default_lr == 1e-2
     assert math.isclose(get_state().tasks.get("recall").build(length=5).default_lr, 1e-3)
+
+
+def test_the_optimizer_setting_builds_rmsprop_as_the_chrono_paper_and_keeps_old_identities():
+    import torch
+
+    from harness.runs.spec import config_id
+    from harness.runs.training import make_optimizer
+
+    weights = [torch.nn.Parameter(torch.zeros(2))]
+    rmsprop = make_optimizer("rmsprop", weights, 1e-3)
+    assert isinstance(rmsprop, torch.optim.RMSprop) and rmsprop.defaults["alpha"] == 0.9
+    assert isinstance(make_optimizer("adam", weights, 1e-3), torch.optim.Adam)
+    with pytest.raises(HarnessError, match="unknown optimizer 'sgd'; choose adam or rmsprop"):
+        S.optimizer("sgd", "optimizer")
+    # a setting added after results were committed leaves the identity of default trials as it was
+    before = {"lr": 1e-3}
+    assert config_id({**before, "optimizer": "adam"}, {}, {}) == config_id(before, {}, {})
+    assert config_id({**before, "optimizer": "rmsprop"}, {}, {}) != config_id(before, {}, {})

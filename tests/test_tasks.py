@@ -417,3 +417,35 @@ def test_adding_needs_two_steps():
 @pytest.mark.parametrize("name", ["copy", "recall"])
 def test_length_one_is_valid(name):
     assert make(name, 1).length == 1
+
+
+# --------------------------------------------------------------------------------------------
+# the chance check rejects a stated chance on either side of the measured one
+# --------------------------------------------------------------------------------------------
+
+def _with_chance(name: str, value: float):
+    base = type(make(name, 3))
+
+    class StatedChance(base):  # type: ignore[misc, valid-type]
+        @property
+        def chance_score(self):
+            return value
+
+    return StatedChance
+
+
+@pytest.mark.parametrize("name, stated", [("recall", 0.5), ("recall", 0.2), ("copy", 0.5), ("selective_copy", 0.3)])
+def test_a_stated_chance_above_the_measured_one_is_rejected(name, stated):
+    from harness.testing import check_task
+
+    with pytest.raises(AssertionError, match=rf"chance_score {stated:.4f} is above the best score measured for a "
+                                             rf"predictor that ignores the inputs, 0\.1[23]\d+ ± [0-9.e-]+ \(") as info:
+        check_task(_with_chance(name, stated), length=4, samples=4096, checks=["memoryless and chance"])
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["recall", "copy", "selective_copy", "mqar", "adding"])
+def test_the_true_chance_passes_the_chance_check(name):
+    from harness.testing import check_task
+
+    assert check_task(name, length=4, samples=4096, checks=["memoryless and chance"]) == ["memoryless and chance"]

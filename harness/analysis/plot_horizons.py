@@ -11,6 +11,7 @@ its column says so.
 from __future__ import annotations
 
 import math
+import textwrap
 
 import matplotlib
 import numpy as np
@@ -41,9 +42,21 @@ def horizons_figure(results: pd.DataFrame, criterion: str = "default") -> Figure
         for ax, task in zip(axes, tasks):
             _panel(ax, seeds[seeds["task"] == task], summary[summary["task"] == task], models,
                    results.loc[results["task"] == task, "length"])
-        fig.suptitle(f"Memory horizon per model (markers: seeds; bar: median [95% bootstrap interval])\n"
-                     f"criterion: {describe(criterion, list(results.get('task_criterion', [])))}", fontsize=10)
+        lines = ["Memory horizon per model (markers: seeds; bar: median [95% bootstrap interval])",
+                 f"criterion: {describe(criterion, list(results.get('task_criterion', [])))}"]
+        fig.suptitle(wrap_to_width(lines, fig.get_figwidth(), TITLE_SIZE), fontsize=TITLE_SIZE)
     return fig
+
+
+TITLE_SIZE = 10
+
+
+def wrap_to_width(lines: list[str], width_inches: float, fontsize: float) -> str:
+    """The lines, broken at spaces so that each fits the figure's width: a figure for one task and
+    two models is 4 inches wide, too narrow for the title on one line (it was clipped)."""
+    average_char = 0.6 * fontsize / 72  # inches: a little wider than DejaVu Sans' average glyph
+    per_line = max(20, int(0.95 * width_inches / average_char))
+    return "\n".join(textwrap.fill(line, per_line) for line in lines)
 
 
 def _panel(ax, seeds: pd.DataFrame, summary: pd.DataFrame, models: list[str], lengths: pd.Series) -> None:

@@ -525,7 +525,8 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, formats: tuple[
     Writes into ``out_dir`` (default: the first run folder), for each format: ``score_vs_length``,
     ``loss_vs_length``, ``steps_to_solve``, ``learning_curves`` (``learning_curves_<model>_<task>``
     for ``curves_for``; skipped without ``curves.csv``), ``cost``, ``horizons`` (when a model was
-    tried at several lengths) and ``gradients`` (when a folder has ``gradients.csv``).
+    tried at several lengths, and always for a folder of ``harness horizon``) and ``gradients`` (when a
+    folder has ``gradients.csv``).
     """
     run_dirs = [Path(d) for d in run_dirs]
     formats = _check_formats(formats)
@@ -551,12 +552,16 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, formats: tuple[
     every = results.assign(model=labels) if names else results
     set_variants(every["model"])
     results = select_best(results) if chosen == "best" else every
+    if chosen == "best":
+        set_variants(results["model"])  # implementations kept apart are labelled "model mode=scan"
     written += _save(score_figure(results), out, "score_vs_length", formats)
     written += _save(loss_figure(results), out, "loss_vs_length", formats)
     written += _save(steps_figure(results), out, "steps_to_solve", formats)
-    written += _curves(run_dirs, results, curves_for, out, formats, relabel=chosen == "all" and bool(names))
+    split = bool(results["model"].str.contains(" ").any())  # implementations kept apart by select_best
+    written += _curves(run_dirs, results, curves_for, out, formats, relabel=(chosen == "all" and bool(names)) or split)
     written += _save(cost_figure(results), out, "cost", formats)
-    if every.groupby(["model", "task"])["length"].nunique().max() > 1:
+    horizon_run = any((d / "horizons.csv").is_file() for d in run_dirs)  # the figure always comes with it
+    if horizon_run or every.groupby(["model", "task"])["length"].nunique().max() > 1:
         from harness.analysis.plot_horizons import horizons_figure
 
         written += _save(horizons_figure(every, criterion), out, "horizons", formats)

@@ -19,6 +19,7 @@ from harness.analysis.criteria import describe
 from harness.analysis.results import (
     axes,
     describe_settings,
+    implementation_options,
     load_results,
     model_order,
     select_best,
@@ -99,6 +100,22 @@ def score_table(results: pd.DataFrame, names: list[str], criterion: str, select:
                              key=lambda c: c.map(order) if c.name == "model" else c).reset_index(drop=True)
 
 
+SIGNIFICANT_DIGITS = 6
+
+
+def rounded(table: pd.DataFrame, digits: int = SIGNIFICANT_DIGITS) -> pd.DataFrame:
+    """Float columns to ``digits`` significant digits, so that files show 8, not 7.999999999999998
+    (a horizon interpolated in log T): far more digits than any of these numbers is measured to."""
+    def round_value(value: float) -> float:
+        return float(f"{value:.{digits}g}") if isinstance(value, float) and math.isfinite(value) else value
+
+    out = table.copy()
+    for column in out.columns:
+        if pd.api.types.is_float_dtype(out[column]):
+            out[column] = out[column].map(round_value)
+    return out
+
+
 def _cell(mean: float, std: float, n: int) -> str:
     if not math.isfinite(mean):
         return "error"
@@ -162,7 +179,7 @@ def _horizon_ranking(results: pd.DataFrame, criterion: str, select: str, always:
     for task, rows in summary.groupby("task", sort=True):
         ranked = rows[~rows["unbounded_by_construction"]].sort_values("median", ascending=False)
         body = []
-        for rank, row in enumerate(ranked.itertuples(), start=1):
+        for rank, row in zip(tied_ranks(ranked), ranked.itertuples()):
             label = row.model + (f" {settings[row.config_id]}" if settings is not None else "")
             body.append([str(rank), label, H.format_horizon(row._asdict()), str(row.n_seeds)])
         for row in rows[rows["unbounded_by_construction"]].itertuples():
@@ -170,6 +187,18 @@ def _horizon_ranking(results: pd.DataFrame, criterion: str, select: str, always:
         lines += [f"### {task}", "", *_markdown_table(["rank", "model", "median horizon [95% CI]", "seeds"],
                                                         body, {0, 3}), ""]
     return lines
+
+
+def tied_ranks(ranked: pd.DataFrame) -> list[int]:
+    """Competition ranks (1, 1, 3) of summary rows sorted best first: rows whose horizons read the
+    same (median, interval and bound, e.g. two models both "< 4") share a rank."""
+    ranks: list[int] = []
+    previous = None
+    for position, row in enumerate(ranked.itertuples(), start=1):
+        key = (H.format_horizon(row._asdict()), row.bound)
+        ranks.append(ranks[-1] if key == previous else position)
+        previous = key
+    return ranks
 
 
 NOTES = ("score: test score at the end of training, mean ± std over seeds (error trials excluded); "
@@ -197,9 +226,10 @@ def full_report(run_dirs: list[Path], fmt: str = "markdown", select: str = "all"
     results = select_best(every) if select == "best" else every
     table = score_table(results, names, criterion, select)
     if fmt == "csv":
-        return table.drop(columns=["setting"]).to_csv(index=False) + (f"\n{gradient_text}" if gradient_text else "")
+        return (rounded(table.drop(columns=["setting"])).to_csv(index=False)
+                + (f"\n{gradient_text}" if gradient_text else ""))
     if fmt == "json":
-        return json.dumps(json.loads(table.drop(columns=["setting"]).to_json(orient="records")), indent=2,
+        return json.dumps(json.loads(rounded(table.drop(columns=["setting"])).to_json(orient="records")), indent=2,
                           ensure_ascii=False) + "\n"
     horizon_run = any((Path(d) / "horizons.csv").is_file() for d in run_dirs)
     blocks = []
@@ -217,7 +247,10 @@ def full_report(run_dirs: list[Path], fmt: str = "markdown", select: str = "all"
         text += "(an adaptive length search: per-length scores with --format csv; horizons per setting)\n"
     if names:
         chosen = select == "best" and not horizon_run
-        text += f"\naxes: {', '.join(names)}; " + ("settings chosen per (model, task, T) on the validation set, "
-                                                   "scores from the test set.\n" if chosen else
-                                                   "every setting shown (--select best picks on validation).\n")
+        kept = [n for n in names if n.startswith("model:")
+                and any(n[len("model:"):] in implementation_options(m) for m in every["model"].unique())]
+        listed = ", ".join(f"{n} (an implementation: never chosen)" if n in kept else n for n in names)
+        text += f"\naxes: {listed}; " + ("settings chosen per (model, task, T) on the validation set, "
+                                         "scores from the test set.\n" if chosen else
+                                         "every setting shown (--select best picks on validation).\n")
     return text + "\n" + NOTES + "\n" + (f"\n{gradient_text}" if gradient_text else "")

@@ -11,7 +11,9 @@ Definitions used by every report and figure:
   within some (model, task).
 * ``--select best`` keeps, per (model, task, T), the setting with the highest mean **validation**
   score over seeds (ties: the lower validation loss), and reports its **test** numbers, so the
-  choice never sees the data it is judged on.
+  choice never sees the data it is judged on. An implementation option (a model's registration
+  lists it in ``implementation_options``: a scan or a loop) is never selected: each of its values
+  is reported as a model of its own (``"mymodel mode=scan"``).
 
 Files written before harness 0.2 (no ``config_id``, one held-out set) load too: their rows get an
 empty ``config_id`` and no validation numbers.
@@ -209,8 +211,39 @@ def _plain(value: str) -> str:
     return loaded if isinstance(loaded, str) else value
 
 
+def implementation_options(model: str) -> tuple[str, ...]:
+    """The options a model's registration marks as choosing how it computes, not what
+    (``implementation_options``, e.g. a parallel scan or a sequential loop); none for an unknown model."""
+    try:
+        from harness.registry.loader import get_state
+
+        return tuple(get_state().models.get(model).implementation_options)
+    except Exception:  # reports never fail for want of a plugin
+        return ()
+
+
+def separate_implementations(results: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a model whose implementation options take several values within a (model, task) carry
+    those values in their model label (``"mymodel mode=scan"``): each implementation is then reported
+    as a model of its own, never a setting that ``--select best`` chooses between."""
+    labels = results["model"].copy()
+    for model, rows in results.groupby("model"):
+        names = implementation_options(str(model))
+        if not names:
+            continue
+        parsed = rows["model_options"].map(_options)
+        values = parsed.map(lambda options, names=names: " ".join(
+            f"{n}={_plain(json.dumps(options[n])) if n in options else 'default'}" for n in names))
+        if (values.groupby(rows["task"]).nunique() > 1).any():
+            labels.loc[rows.index] = f"{model} " + values
+    return results.assign(model=labels)
+
+
 def select_best(results: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, task, T), the rows of the setting with the best mean validation score (module doc)."""
+    """Per (model, task, T), the rows of the setting with the best mean validation score (module doc);
+    the values of an implementation option are kept apart as models of their own
+    (:func:`separate_implementations`), never selected."""
+    results = separate_implementations(results)
     valid = valid_trials(results)
     if valid.empty or valid.groupby(["model", "task", "length"])["config_id"].nunique().max() <= 1:
         return results

@@ -40,6 +40,7 @@ DISTRIBUTION = "recurrent-harness"  # the distribution that provides the built-i
 BUILTIN_PLUGINS = (
     "harness.plugins.torch_rnns",
     "harness.plugins.gated_cells",
+    "harness.plugins.modern_rnns",
     "harness.tasks.builtin",
 )
 

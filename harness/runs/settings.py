@@ -94,6 +94,18 @@ def workers(value: Any, what: str) -> int | str:
     return non_negative_int(value, what)
 
 
+#: ``--optimizer`` names: Adam (the default) and RMSprop with smoothing α = 0.9, as Tallec & Ollivier (2018)
+#: trained their copy and adding experiments.
+OPTIMIZERS = ("adam", "rmsprop")
+
+
+def optimizer(value: Any, what: str) -> str:
+    name = text(value, what).lower()
+    if name not in OPTIMIZERS:
+        raise HarnessError(f"{what}: unknown optimizer '{name}'; choose {' or '.join(OPTIMIZERS)}")
+    return name
+
+
 def executor(value: Any, what: str) -> str:
     name = text(value, what).lower()
     if name not in ("local", "ray"):
@@ -204,6 +216,9 @@ class Setting:
     boolean: bool = False    # a command-line switch without a value
     aliases: tuple[str, ...] = ()  # other command-line flags for the same option
     example: Any = None      # a valid value other than the default (tests push it through every layer)
+    #: (identity settings added after results were committed) left out of a trial's identity while it
+    #: has its default value, so trials recorded before the setting existed keep their identity
+    added_later: bool = False
 
     @property
     def cli_flag(self) -> str:
@@ -291,8 +306,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("params", positive_int, None, "choose each model's H so that its parameter count "
             "(recurrent core and head) is closest to N", TRIAL, metavar="N", axis=True,
             column="params_target", example=5000),
-    Setting("lr", positive_float, None, "Adam learning rate; a list is an axis (--lr 1e-3,1e-2)", TRIAL,
+    Setting("lr", positive_float, None, "learning rate; a list is an axis (--lr 1e-3,1e-2)", TRIAL,
             axis=True, example=0.02),
+    Setting("optimizer", optimizer, "adam", "adam, or rmsprop (smoothing 0.9, as Tallec & Ollivier 2018); "
+            "a list is an axis", TRIAL, metavar="NAME", axis=True, example="rmsprop", added_later=True),
     Setting("clip", positive_float, 1.0, "gradient-norm clipping, after backward() and before the step",
             TRIAL, axis=True, example=0.5),
     Setting("eval_every", positive_int, 100, "evaluate every N steps", TRIAL, metavar="N", axis=True, example=3),

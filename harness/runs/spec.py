@@ -21,7 +21,8 @@ Key = tuple[str, str, int, int, str]  # model, task, length, seed, config_id
 
 def config_id(values: Mapping[str, Any], model_options: Mapping[str, Any], task_options: Mapping[str, Any]) -> str:
     """A short hash of everything that determines a trial's numbers besides its grid point."""
-    identity = {s.name: values.get(s.name) for s in S.identity_settings()}
+    identity = {s.name: values.get(s.name) for s in S.identity_settings()
+                if not (s.added_later and values.get(s.name, s.default) == s.default)}
     text = json.dumps({"settings": identity, "model_options": dict(model_options),
                        "task_options": dict(task_options)}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]

@@ -151,6 +151,13 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     return outcome
 
 
+def make_optimizer(name: str, parameters: Any, lr: float) -> torch.optim.Optimizer:
+    """The optimizer ``--optimizer`` names: Adam, or RMSprop with smoothing α = 0.9 (the chrono paper's)."""
+    if name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr, alpha=0.9)
+    return torch.optim.Adam(parameters, lr=lr)
+
+
 class Training:
     """A trial's task, model, data streams and optimizer; :meth:`run` trains and evaluates it."""
 
@@ -173,7 +180,7 @@ class Training:
         self.test = held_out_set(self.task, spec, self.device, TEST_DATA)
         self.generator = make_generator(self.device, derive_seed(spec.seed, TRAIN_DATA))
         lr = spec.lr if spec.lr is not None else float(getattr(self.task, "default_lr", 1e-3))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.optimizer = make_optimizer(spec.optimizer, self.model.parameters(), lr)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
 
     def step(self) -> torch.Tensor:

@@ -25,8 +25,12 @@ that ran, and ``checks=`` selects some of them by name (:data:`MODEL_CHECKS`,
 harness does, and restore their states on return. The harness runs them over every registered
 model and task (``tests/test_contracts.py``), built-ins included.
 
-The package: ``model_checks`` and ``task_checks`` hold one function per check and the context
-they share; ``parametrize`` holds the pytest helper (pytest is imported only when it is used).
+The package: ``model_checks`` and ``task_checks`` hold one function per check and the selection
+of checks; the model checks that matter most for whole-sequence models have modules of their own
+(``causality``; ``precision``, float32 against float64 at a long length, whose measurements
+``python -m harness.testing.float32_report`` prints; ``states``, the ``keep_states`` protocol),
+sharing ``_model_context``; ``parametrize`` holds the pytest helper (pytest is imported only
+when it is used).
 What is checked, and why, is listed in ``docs/plugins.md`` (section "Contract checks").
 """
 

@@ -69,6 +69,20 @@ def restoring_global_rng(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def single_threaded(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run with one intra-op thread, then restore the caller's count: the checks' tensors are tiny,
+    and several threads only contend (a 1000-step check ran 10x slower on two busy cores)."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+    return wrapper
+
+
 def seed_everything(seed: int) -> None:
     """Seed the global generators the way the harness does before it builds a model."""
     torch.manual_seed(seed)

@@ -1,19 +1,20 @@
 """The model contract checks (``harness.model_api``): one function per check, run by :func:`check_model`.
 
-Every check takes a :class:`ModelContext`, which holds the factory and the sizes and builds the
-models the checks share on first use. A check needs no other check to have run: whatever it
-cannot do without (a model that builds, with a positive integer ``output_size``) it gets from
-the context, which asserts exactly that, with the message the "build" check would give.
+The checks of a model's shapes, gradients, determinism and devices are here; those that matter
+most for whole-sequence models have modules of their own (``causality``, ``precision``,
+``states``). Every check takes a :class:`ModelContext` (``_model_context``), which holds the
+factory and the sizes and builds the models the checks share on first use. A check needs no
+other check to have run: whatever it cannot do without (a model that builds, with a positive
+integer ``output_size``) it gets from the context, which asserts exactly that, with the message
+the "build" check would give.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import numbers
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from functools import cached_property, partial
+from functools import partial
 from typing import Any
 
 import torch
@@ -29,104 +30,15 @@ from harness.testing._common import (
     resolve,
     restoring_global_rng,
     run_checks,
-    seed_everything,
-    shape_of,
+    single_threaded,
     unknown_check,
 )
+from harness.testing._model_context import ModelContext
+from harness.testing.causality import check_causality
+from harness.testing.precision import check_float64, check_long_length
+from harness.testing.states import check_hidden_states
 
-Outputs = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class ModelContext:
-    """What the model checks share: the factory, its arguments and the models built from it.
-
-    ``model`` (the seed's build, validated) and ``reference`` (another seed build in eval mode
-    with its outputs) are built once, on first use, so that a check selected alone builds only
-    what it needs.
-    """
-
-    factory: Callable[..., Any]
-    label: str
-    input_size: int
-    hidden_size: int
-    options: dict[str, Any]
-    device: str | None
-    batch_size: int
-    length: int
-    seed: int
-
-    def build(self, seed: int, hidden: int | None = None) -> nn.Module:
-        """A model built under ``seed`` as the harness builds one; fails if the factory fails."""
-        hidden = self.hidden_size if hidden is None else hidden
-        seed_everything(seed)
-        try:
-            built = self.factory(input_size=self.input_size, hidden_size=hidden, **self.options)
-        except Exception as exc:
-            arguments = ", ".join(f"{k}={v!r}" for k, v in
-                                  {"input_size": self.input_size, "hidden_size": hidden, **self.options}.items())
-            raise AssertionError(f"{self.label}: building it with {arguments} raised "
-                                 f"{type(exc).__name__}: {exc}") from exc
-        if not isinstance(built, nn.Module):
-            fail(self.label, f"the factory must return a torch.nn.Module, got {type(built).__name__}")
-        return built
-
-    @cached_property
-    def model(self) -> nn.Module:
-        """The seed's build, with a positive integer ``output_size``: what every check needs."""
-        model = self.build(self.seed)
-        out = getattr(model, "output_size", None)
-        if isinstance(out, bool) or not isinstance(out, numbers.Integral) or out <= 0:
-            fail(self.label, f"the model must have a positive integer attribute output_size (the feature "
-                             f"size F), got {out!r}")
-        return model
-
-    @property
-    def output_size(self) -> int:
-        size: Any = self.model.output_size  # checked by the "build" check
-        return int(size)
-
-    @cached_property
-    def reference(self) -> tuple[nn.Module, Outputs]:
-        """A fresh seed build in eval mode and its outputs on the standard inputs: the model the
-        dtype and device checks copy, and the outputs they must reproduce."""
-        _ = self.model  # what every check needs, failing with the build check's messages
-        module = self.build(self.seed).eval()
-        with torch.no_grad():
-            outputs = self.forward(module, self.inputs(self.batch_size, self.length), "seed build, eval mode")
-        return module, outputs
-
-    def inputs(self, batch: int, steps: int) -> torch.Tensor:
-        """The same float32 CPU inputs for every call with the same shape."""
-        return torch.randn(batch, steps, self.input_size, generator=torch.Generator().manual_seed(1))
-
-    def forward(self, module: nn.Module, x: torch.Tensor, where: str) -> Outputs:
-        """``module(x)``, failing unless it is a pair of tensors of the contract's shapes, dtype and device."""
-        try:
-            result = module(x)
-        except Exception as exc:
-            raise AssertionError(f"{self.label}: forward on inputs of shape {shape_of(x)} ({where}) raised "
-                                 f"{type(exc).__name__}: {exc}") from exc
-        if not (isinstance(result, (tuple, list)) and len(result) == 2
-                and all(isinstance(t, torch.Tensor) for t in result)):
-            got = (f"a {type(result).__name__} of {len(result)} items" if isinstance(result, (tuple, list))
-                   else f"{type(result).__name__} {shape_of(result)}")
-            fail(self.label, f"forward(x) must return a pair (features, summary) of tensors, got {got}")
-        features, summary = result
-        batch, steps = x.shape[:2]
-        out = self.output_size
-        if tuple(features.shape) != (batch, steps, out) or tuple(summary.shape) != (batch, out):
-            fail(self.label, f"forward(x) with x of shape {shape_of(x)} (batch, length, input_size) must return "
-                             f"features of shape (batch, length, output_size) = {(batch, steps, out)} and "
-                             f"summary of shape (batch, output_size) = {(batch, out)}; got features "
-                             f"{shape_of(features)} and summary {shape_of(summary)} ({where})")
-        for name, t in (("features", features), ("summary", summary)):
-            if t.dtype != x.dtype:
-                fail(self.label, f"{name} must have the dtype of the inputs, {x.dtype}, got {t.dtype} ({where})")
-            if t.device != x.device:
-                fail(self.label, f"{name} must be on the inputs' device {x.device}, got {t.device} ({where})")
-        return features, summary
-
+__all__ = ["DEFAULT_DEVICE", "MODEL_CHECKS", "ModelContext", "check_model", "run_model_checks", "select_model_checks"]
 
 # --------------------------------------------------------------------------------------------
 # the checks
@@ -274,22 +186,6 @@ def check_hidden_size(ctx: ModelContext) -> None:
                         f"number of parameters: the factory ignores hidden_size")
 
 
-def check_float64(ctx: ModelContext) -> None:
-    """dtype:float64: after ``.double()`` the model computes in float64 and agrees with float32,
-    which catches new tensors created with a fixed dtype."""
-    module, reference = ctx.reference
-    x = ctx.inputs(ctx.batch_size, ctx.length)
-    moved = copy.deepcopy(module).double()
-    try:
-        with torch.no_grad():
-            f64 = ctx.forward(moved, x.double(), "after .double()")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}. After .double() the model must compute in float64: create new tensors "
-                             f"with the inputs' dtype and device, e.g. inputs.new_zeros(...)") from exc
-    if not all(torch.allclose(a.double(), b, atol=1e-4, rtol=0) for a, b in zip(reference, f64)):
-        fail(ctx.label, "after .double() the outputs differ from float32 by more than 1e-4")
-
-
 def check_meta_device(ctx: ModelContext) -> None:
     """device:meta: after ``.to("meta")`` the forward pass does not mix devices. The meta device is
     a CPU-only stand-in for a GPU that catches tensors created on a fixed device."""
@@ -368,9 +264,12 @@ _FIXED: dict[str, Callable[[ModelContext], None]] = {
     "shapes": check_shapes,
     "batch independence": check_batch_independence,
     "gradients": check_gradients,
+    "causality": check_causality,
+    "hidden states": check_hidden_states,
     "determinism": check_determinism,
     "hidden_size": check_hidden_size,
     "dtype:float64": check_float64,
+    "long length": check_long_length,
     "device:meta": check_meta_device,
 }
 DEFAULT_DEVICE = "cuda"
@@ -419,33 +318,35 @@ def select_model_checks(checks: str | Iterable[str] | None, device: str | None =
 
 
 @restoring_global_rng
+@single_threaded
 def run_model_checks(model: Any, input_size: int = 3, hidden_size: int = 8, *,
                      options: dict[str, Any] | None = None, device: str | None = None,
-                     batch_size: int = 4, length: int = 7, seed: int = 0,
+                     batch_size: int = 4, length: int = 7, long_length: int = 1000, seed: int = 0,
                      checks: str | Iterable[str] | None = None) -> CheckReport:
     """:func:`check_model`, returning the checks that ran and the reasons the others did not."""
     names = select_model_checks(checks, device)
     factory, label, _ = resolve(model, "model")
     ctx = ModelContext(factory=factory, label=label, input_size=input_size, hidden_size=hidden_size,
                        options=dict(options or {}), device=device, batch_size=batch_size, length=length,
-                       seed=seed)
+                       seed=seed, long_length=long_length)
     return run_checks(ctx, names, _lookup)
 
 
 def check_model(model: Any, input_size: int = 3, hidden_size: int = 8, *,
                 options: dict[str, Any] | None = None, device: str | None = None,
-                batch_size: int = 4, length: int = 7, seed: int = 0,
+                batch_size: int = 4, length: int = 7, long_length: int = 1000, seed: int = 0,
                 checks: str | Iterable[str] | None = None) -> list[str]:
     """Check that a model factory follows the model contract of ``harness.model_api``.
 
     ``model`` is a registered model name, a registry :class:`~harness.registry.Entry` or a
     factory called as ``factory(input_size=..., hidden_size=..., **options)``. The model is
-    checked on the CPU; on the ``meta`` device (a CPU-only stand-in for a GPU that catches
-    tensors created on a fixed device); in float64; and on ``device`` when given, else on CUDA
-    when it is available. ``checks`` selects checks by name (see :data:`MODEL_CHECKS`; None runs
-    them all); a selected check runs alone, building only the model it needs. Raises
-    AssertionError naming the model, what was expected and what was found; ValueError for an
-    unknown check name. Returns the names of the checks that ran.
+    checked on the CPU; for causality (unless it declares ``bidirectional = True``); on the
+    ``meta`` device (a CPU-only stand-in for a GPU that catches tensors created on a fixed
+    device); in float64, at ``length`` and, against float32 with gradients, at ``long_length``;
+    and on ``device`` when given, else on CUDA when it is available. ``checks`` selects checks
+    by name (see :data:`MODEL_CHECKS`; None runs them all); a selected check runs alone, building
+    only the model it needs. Raises AssertionError naming the model, what was expected and what
+    was found; ValueError for an unknown check name. Returns the names of the checks that ran.
     """
-    return run_model_checks(model, input_size, hidden_size, options=options, device=device,
-                            batch_size=batch_size, length=length, seed=seed, checks=checks).ran
+    return run_model_checks(model, input_size, hidden_size, options=options, device=device, batch_size=batch_size,
+                            length=length, long_length=long_length, seed=seed, checks=checks).ran

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from harness.errors import HarnessError
 from harness.model_api import READOUTS
@@ -260,6 +261,8 @@ class _Statistics:
     values: dict[str, list[float]]
     constants: list[int]
     input_independent: bool
+    #: Whether the per-position plurality predictor was measured (class targets, at most 64 classes).
+    plurality: bool = False
 
     def mean(self, key: str) -> float:
         return float(np.mean(self.values[key]))
@@ -282,9 +285,9 @@ def _gather_statistics(ctx: TaskContext) -> _Statistics:
     classification = not ctx.batch.targets.is_floating_point()
     constants = list(range(out_size)) if classification and out_size <= 64 else []
     stats = _Statistics(chunk, {k: [] for k in ("memoryless_loss", "memoryless_score", "random_loss",
-                                                "random_score", *(f"class_{k}" for k in constants))},
-                        constants, True)
-    first_part = None
+                                                "random_score", "plurality", *(f"class_{k}" for k in constants))},
+                        constants, True, plurality=bool(constants))
+    first_part, plurality = None, None
     with torch.no_grad():
         for index in range(CHUNKS):
             part = ctx.sample(chunk, gen)
@@ -304,6 +307,10 @@ def _gather_statistics(ctx: TaskContext) -> _Statistics:
             record["memoryless_score"].append(float(task.score(mem, part)))
             record["random_loss"].append(float(task.loss(rand, part)))
             record["random_score"].append(float(task.score(rand, part)))
+            if plurality is not None:
+                record["plurality"].append(float(task.score(plurality, part)))
+            elif stats.plurality:  # fitted on the first chunk, scored on the others
+                plurality = _plurality_outputs(part.targets, ctx.out_shape(chunk), out_size)
             for k in constants:
                 const = torch.zeros(ctx.out_shape(chunk), device=dev)
                 const[..., k] = 1.0
@@ -311,10 +318,22 @@ def _gather_statistics(ctx: TaskContext) -> _Statistics:
     return stats
 
 
+def _plurality_outputs(targets: torch.Tensor, shape: tuple[int, ...], classes: int) -> torch.Tensor:
+    """Outputs naming, at every position, the class most frequent there in ``targets``: an input-free
+    predictor that beats every constant class when positions differ (e.g. blanks, then answers)."""
+    per_position = targets.clamp(0, classes - 1).reshape(targets.shape[0], -1)  # (n, positions)
+    positions = per_position.shape[1]
+    index = per_position + classes * torch.arange(positions, device=targets.device)
+    counts = torch.bincount(index.flatten(), minlength=positions * classes).reshape(positions, classes)
+    logits = F.one_hot(counts.argmax(-1), classes).float()
+    return logits.reshape(shape[1:]).expand(shape).contiguous()
+
+
 def check_memoryless_and_chance(ctx: TaskContext) -> None:
     """memoryless and chance: on ``samples`` sequences, memoryless_outputs reach memoryless_loss,
-    random outputs do no better, and no input-free predictor scores above chance_score. Reports
-    compare models with these two numbers, so both must be right."""
+    random outputs do no better, no input-free predictor scores above chance_score, and the best of
+    them reaches it (chance_score is not above what a predictor without inputs measurably scores).
+    Reports compare models with these two numbers, so both must be right."""
     stats, label = _gather_statistics(ctx), ctx.label
     chance, memoryless = ctx.task.chance_score, ctx.task.memoryless_loss
     mean, err = stats.mean, stats.err
@@ -329,11 +348,34 @@ def check_memoryless_and_chance(ctx: TaskContext) -> None:
     blind += [(f"always predicting class {k}", f"class_{k}") for k in stats.constants]
     if stats.input_independent:
         blind.append(("memoryless_outputs (which ignore the inputs)", "memoryless_score"))
+    if stats.plurality:
+        blind.append(("the most frequent class at each position (fitted on other sequences)", "plurality"))
     slack = 0.005
     for what, key in blind:
         if mean(key) > chance + stats.tol(key, chance) + slack:
             fail(label, f"{what} score {mean(key):.4f} ± {err(key):.2g}, above chance_score {chance:.4f}: "
                         f"chance_score must be the expected score of the best predictor that ignores the inputs")
+    _check_chance_reached(stats, label, chance, blind)
+
+
+def _check_chance_reached(stats: _Statistics, label: str, chance: float, blind: list[tuple[str, str]]) -> None:
+    """A stated chance_score above the best input-free predictor measured is wrong too (it would make
+    every model look worse than chance). For class targets scored by accuracy the best one is among
+    the candidates (every constant class, the per-position plurality, memoryless_outputs when they
+    ignore the inputs). For real-valued targets nothing is claimed: the memoryless outputs minimise
+    the loss, and the constant that maximises a thresholded score may be another one (the mode, not
+    the mean, of a skewed target)."""
+    if not stats.constants:
+        return
+    candidates = [(what, key) for what, key in blind if key != "random_score"]
+    what, key = max(candidates, key=lambda c: stats.mean(c[1]))
+    best, slack = stats.mean(key), 0.005
+    allowed = best + stats.tol(key, best) + slack
+    if chance > allowed:
+        fail(label, f"chance_score {chance:.4f} is above the best score measured for a predictor that ignores "
+                    f"the inputs, {best:.4f} ± {stats.err(key):.2g} ({what}, on {stats.chunk * len(stats.values[key])} "
+                    f"sequences; allowed up to {allowed:.4f}): chance_score must be the expected score of the best "
+                    f"predictor that ignores the inputs")
 
 
 # --------------------------------------------------------------------------------------------
