@@ -75,6 +75,8 @@ def _selective_shapes(delta: torch.Tensor, A: torch.Tensor, chunk: int) -> dict[
     if chunk < 1:
         raise ValueError(f"harness::selective_scan: chunk must be positive, got {chunk}")
     batch, length, channels = delta.shape
+    if length < 1:
+        raise ValueError(f"harness::selective_scan: the sequence must have length >= 1, got delta {tuple(delta.shape)}")
     states = A.shape[1]
     return {"delta": (batch, length, channels), "x": (batch, length, channels), "grad_y": (batch, length, channels),
             "A": (channels, states), "B": (batch, length, states), "C": (batch, length, states),
@@ -131,6 +133,7 @@ def _selective_cpu(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: tor
     delta, A, B, C, x = (t.contiguous() for t in (delta, A, B, C, x))
     (batch, length, channels), states = delta.shape, A.shape[1]
     scratch = delta.new_empty(batch, channels * states)
+    chunk = min(chunk, length)  # as many checkpoints (one), and the kernel's scratch is sized by it
     _kernel("selective_scan_forward", delta.dtype)(length, batch, channels, states, chunk, delta.data_ptr(),
                                                    A.data_ptr(), B.data_ptr(), C.data_ptr(), x.data_ptr(),
                                                    y.data_ptr(), checkpoints.data_ptr(), scratch.data_ptr())
@@ -152,7 +155,8 @@ def _selective_backward_cpu(grad_y: torch.Tensor, delta: torch.Tensor, A: torch.
     grad_y, delta, A, B, C, x, checkpoints = (t.contiguous() for t in (grad_y, delta, A, B, C, x, checkpoints))
     (batch, length, channels), states = delta.shape, A.shape[1]
     grad_A_rows = delta.new_empty(batch, channels, states)  # one per batch row (rows run in parallel)
-    scratch = delta.new_empty(batch, (min(chunk, length) + 2) * channels * states)
+    chunk = min(chunk, length)  # as in forward
+    scratch = delta.new_empty(batch, (chunk + 2) * channels * states)
     _kernel("selective_scan_backward", delta.dtype)(
         length, batch, channels, states, chunk, delta.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(),
         x.data_ptr(), checkpoints.data_ptr(), grad_y.data_ptr(), grad_delta.data_ptr(), grad_A_rows.data_ptr(),
