@@ -160,15 +160,48 @@ void FN(selective_scan_forward)(int64_t T, int64_t B, int64_t D, int64_t N, int6
     FOR_ROW_BLOCKS(B, T * D, FN(s6_rows_forward)(b0, b1, T, D, N, K, DT, Ar, Bs, Cs, X, Y, CK, S));
 }
 
-/* Outputs: GDT, GX (B, T, D); GBs, GCs (B, T, N); GA (B, D, N). Scratch per row b: W + b * (K + 2) * D*N
-   holds the chunk's states (K rows), then the carried gradient and the chunk's initial state. */
+/* sum of v[0..n) in 16 independent lanes: the compiler may vectorise that (a plain running sum it may not
+   reorder without fast-math), and the result does not depend on the machine */
+static inline REAL FN(lane_sum)(const REAL *v, int64_t n) {
+    REAL lane[16] = {0}, s = 0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16; k++) lane[k] += v[i + k];
+    for (; i < n; i++) s += v[i];
+    for (int k = 0; k < 16; k++) s += lane[k];
+    return s;
+}
+
+/* One step t and channel d of backward, elementwise over the states n (so that it vectorises): from
+   g = a_{t+1} g_{t+1}, makes g = dL/dh_t, then a_t g for the step before; accumulates dC_t, dB_t, dA;
+   leaves the terms of dL/d(dt_t[d] A) A and dL/d(dt_t[d] x_t[d]) in tdelta and tdrive (to be summed). */
+static void FN(s6_back_channel)(int64_t N, REAL delta, REAL drive, REAL dy, const REAL *restrict a,
+                                const REAL *restrict q, const REAL *restrict p, const REAL *restrict cs,
+                                const REAL *restrict bs, REAL *restrict g, REAL *restrict gad, REAL *restrict gcs,
+                                REAL *restrict gbs, REAL *restrict tdelta, REAL *restrict tdrive) {
+    for (int64_t n = 0; n < N; n++) {
+        REAL decay = FN(xexp)(delta * a[n]);
+        REAL gn = dy * cs[n] + g[n];      /* dL/dh_t */
+        REAL gdecay = gn * p[n] * decay;  /* dL/d(dt A) */
+        gcs[n] += dy * q[n];
+        tdelta[n] = gdecay * a[n];
+        gad[n] += gdecay * delta;
+        tdrive[n] = gn * bs[n];
+        gbs[n] += gn * drive;
+        g[n] = decay * gn;
+    }
+}
+
+/* Outputs: GDT, GX (B, T, D); GBs, GCs (B, T, N); GA (B, D, N). Scratch per row b: W + b * ((K + 1) * D*N
+   + 2N) holds the chunk's states (K rows), then the carried gradient, then two rows of N temporaries. */
 ROWS FN(s6_rows_backward)(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t N, int64_t K, const REAL *DT,
                           const REAL *Ar, const REAL *Bs, const REAL *Cs, const REAL *X, const REAL *CK,
                           const REAL *GY, REAL *GDT, REAL *GAr, REAL *GBs, REAL *GCs, REAL *GX, REAL *W) {
     int64_t chunks = (T + K - 1) / K, DN = D * N;
     for (int64_t b = b0; b < b1; b++) {
-        REAL *states = W + b * (K + 2) * DN, *carry = states + K * DN;  /* carry: a_{t+1} g_{t+1} */
-        REAL *restrict ga = GAr + b * DN;
+        REAL *states = W + b * ((K + 1) * DN + 2 * N), *carry = states + K * DN;  /* carry: a_{t+1} g_{t+1} */
+        REAL *tdelta = carry + DN, *tdrive = tdelta + N;
+        REAL *ga = GAr + b * DN;
         for (int64_t i = 0; i < DN; i++) carry[i] = ga[i] = 0;
         for (int64_t c = chunks - 1; c >= 0; c--) {
             int64_t t0 = c * K, t1 = t0 + K < T ? t0 + K : T;
@@ -181,26 +214,16 @@ ROWS FN(s6_rows_backward)(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t 
             for (int64_t t = t1 - 1; t >= t0; t--) {
                 int64_t row = b * T + t;
                 const REAL *h = states + (t - t0) * DN, *prev = t > t0 ? h - DN : h0;
-                const REAL *restrict bs = Bs + row * N, *restrict cs = Cs + row * N;
+                const REAL *bs = Bs + row * N, *cs = Cs + row * N;
                 const REAL *dt = DT + row * D, *x = X + row * D, *gy = GY + row * D;
-                REAL *restrict gbs = GBs + row * N, *restrict gcs = GCs + row * N;
+                REAL *gbs = GBs + row * N, *gcs = GCs + row * N;
                 for (int64_t n = 0; n < N; n++) gbs[n] = gcs[n] = 0;
                 for (int64_t d = 0; d < D; d++) {
-                    const REAL *restrict a = Ar + d * N, *restrict q = h + d * N, *restrict p = prev + d * N;
-                    REAL *restrict g = carry + d * N, *restrict gad = ga + d * N;
+                    const REAL *a = Ar + d * N, *q = h + d * N, *p = prev + d * N;
+                    REAL *g = carry + d * N, *gad = ga + d * N;
                     REAL delta = dt[d], drive = delta * x[d], dy = gy[d];
-                    REAL g_delta = 0, g_drive = 0;
-                    for (int64_t n = 0; n < N; n++) {
-                        REAL decay = FN(xexp)(delta * a[n]);
-                        REAL gn = dy * cs[n] + g[n];          /* dL/dh_t */
-                        gcs[n] += dy * q[n];
-                        REAL gdecay = gn * p[n] * decay;      /* dL/d(dt A) */
-                        g_delta += gdecay * a[n];
-                        gad[n] += gdecay * delta;
-                        g_drive += gn * bs[n];
-                        gbs[n] += gn * drive;
-                        g[n] = decay * gn;
-                    }
+                    FN(s6_back_channel)(N, delta, drive, dy, a, q, p, cs, bs, g, gad, gcs, gbs, tdelta, tdrive);
+                    REAL g_delta = FN(lane_sum)(tdelta, N), g_drive = FN(lane_sum)(tdrive, N);
                     GDT[row * D + d] = g_delta + g_drive * x[d];
                     GX[row * D + d] = g_drive * delta;
                 }
@@ -209,7 +232,7 @@ ROWS FN(s6_rows_backward)(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t 
     }
 }
 
-/* W: (B, (K + 2) * D * N) scratch. */
+/* W: (B, (K + 1) * D * N + 2 * N) scratch. */
 void FN(selective_scan_backward)(int64_t T, int64_t B, int64_t D, int64_t N, int64_t K, const REAL *DT,
                                  const REAL *Ar, const REAL *Bs, const REAL *Cs, const REAL *X, const REAL *CK,
                                  const REAL *GY, REAL *GDT, REAL *GAr, REAL *GBs, REAL *GCs, REAL *GX, REAL *W) {
