@@ -131,6 +131,21 @@ static inline void FN(s6_step)(int64_t D, int64_t N, const REAL *restrict dt, co
     }
 }
 
+/* as s6_step, also storing each decay exp(dt A) in E (D*N) for backward, which then needs no exp */
+static inline void FN(s6_step_keep)(int64_t D, int64_t N, const REAL *restrict dt, const REAL *restrict x,
+                                    const REAL *restrict Ar, const REAL *restrict bs, const REAL *restrict prev,
+                                    REAL *restrict h, REAL *restrict E) {
+    for (int64_t d = 0; d < D; d++) {
+        REAL delta = dt[d], drive = dt[d] * x[d];
+        const REAL *restrict a = Ar + d * N, *restrict p = prev + d * N;
+        REAL *restrict q = h + d * N, *restrict e = E + d * N;
+        for (int64_t n = 0; n < N; n++) {
+            e[n] = FN(xexp)(delta * a[n]);
+            q[n] = e[n] * p[n] + drive * bs[n];
+        }
+    }
+}
+
 ROWS FN(s6_rows_forward)(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t N, int64_t K, const REAL *DT,
                          const REAL *Ar, const REAL *Bs, const REAL *Cs, const REAL *X, REAL *Y, REAL *CK, REAL *S) {
     int64_t chunks = (T + K - 1) / K, DN = D * N;
@@ -176,11 +191,12 @@ static inline REAL FN(lane_sum)(const REAL *v, int64_t n) {
    g = a_{t+1} g_{t+1}, makes g = dL/dh_t, then a_t g for the step before; accumulates dC_t, dB_t, dA;
    leaves the terms of dL/d(dt_t[d] A) A and dL/d(dt_t[d] x_t[d]) in tdelta and tdrive (to be summed). */
 static void FN(s6_back_channel)(int64_t N, REAL delta, REAL drive, REAL dy, const REAL *restrict a,
-                                const REAL *restrict q, const REAL *restrict p, const REAL *restrict cs,
+                                const REAL *restrict e, const REAL *restrict q, const REAL *restrict p,
+                                const REAL *restrict cs,
                                 const REAL *restrict bs, REAL *restrict g, REAL *restrict gad, REAL *restrict gcs,
                                 REAL *restrict gbs, REAL *restrict tdelta, REAL *restrict tdrive) {
     for (int64_t n = 0; n < N; n++) {
-        REAL decay = FN(xexp)(delta * a[n]);
+        REAL decay = e[n];
         REAL gn = dy * cs[n] + g[n];      /* dL/dh_t */
         REAL gdecay = gn * p[n] * decay;  /* dL/d(dt A) */
         gcs[n] += dy * q[n];
@@ -192,14 +208,16 @@ static void FN(s6_back_channel)(int64_t N, REAL delta, REAL drive, REAL dy, cons
     }
 }
 
-/* Outputs: GDT, GX (B, T, D); GBs, GCs (B, T, N); GA (B, D, N). Scratch per row b: W + b * ((K + 1) * D*N
-   + 2N) holds the chunk's states (K rows), then the carried gradient, then two rows of N temporaries. */
+/* Outputs: GDT, GX (B, T, D); GBs, GCs (B, T, N); GA (B, D, N). Scratch per row b: W + b * ((2K + 1) * D*N
+   + 2N) holds the chunk's states (K rows), their decays (K rows), the carried gradient, then two rows of
+   N temporaries. */
 ROWS FN(s6_rows_backward)(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t N, int64_t K, const REAL *DT,
                           const REAL *Ar, const REAL *Bs, const REAL *Cs, const REAL *X, const REAL *CK,
                           const REAL *GY, REAL *GDT, REAL *GAr, REAL *GBs, REAL *GCs, REAL *GX, REAL *W) {
     int64_t chunks = (T + K - 1) / K, DN = D * N;
     for (int64_t b = b0; b < b1; b++) {
-        REAL *states = W + b * ((K + 1) * DN + 2 * N), *carry = states + K * DN;  /* carry: a_{t+1} g_{t+1} */
+        REAL *states = W + b * ((2 * K + 1) * DN + 2 * N), *decays = states + K * DN;
+        REAL *carry = decays + K * DN;  /* a_{t+1} g_{t+1} */
         REAL *tdelta = carry + DN, *tdrive = tdelta + N;
         REAL *ga = GAr + b * DN;
         for (int64_t i = 0; i < DN; i++) carry[i] = ga[i] = 0;
@@ -208,8 +226,9 @@ ROWS FN(s6_rows_backward)(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t 
             const REAL *h0 = CK + (b * chunks + c) * DN;
             for (int64_t t = t0; t < t1; t++) {  /* recompute the chunk's states */
                 int64_t row = b * T + t;
-                FN(s6_step)(D, N, DT + row * D, X + row * D, Ar, Bs + row * N, t > t0 ? states + (t - t0 - 1) * DN
-                            : h0, states + (t - t0) * DN);
+                FN(s6_step_keep)(D, N, DT + row * D, X + row * D, Ar, Bs + row * N,
+                                 t > t0 ? states + (t - t0 - 1) * DN : h0, states + (t - t0) * DN,
+                                 decays + (t - t0) * DN);
             }
             for (int64_t t = t1 - 1; t >= t0; t--) {
                 int64_t row = b * T + t;
@@ -222,7 +241,8 @@ ROWS FN(s6_rows_backward)(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t 
                     const REAL *a = Ar + d * N, *q = h + d * N, *p = prev + d * N;
                     REAL *g = carry + d * N, *gad = ga + d * N;
                     REAL delta = dt[d], drive = delta * x[d], dy = gy[d];
-                    FN(s6_back_channel)(N, delta, drive, dy, a, q, p, cs, bs, g, gad, gcs, gbs, tdelta, tdrive);
+                    FN(s6_back_channel)(N, delta, drive, dy, a, decays + (t - t0) * DN + d * N, q, p, cs, bs, g, gad,
+                                        gcs, gbs, tdelta, tdrive);
                     REAL g_delta = FN(lane_sum)(tdelta, N), g_drive = FN(lane_sum)(tdrive, N);
                     GDT[row * D + d] = g_delta + g_drive * x[d];
                     GX[row * D + d] = g_drive * delta;
@@ -232,7 +252,7 @@ ROWS FN(s6_rows_backward)(int64_t b0, int64_t b1, int64_t T, int64_t D, int64_t 
     }
 }
 
-/* W: (B, (K + 1) * D * N + 2 * N) scratch. */
+/* W: (B, (2K + 1) * D * N + 2 * N) scratch. */
 void FN(selective_scan_backward)(int64_t T, int64_t B, int64_t D, int64_t N, int64_t K, const REAL *DT,
                                  const REAL *Ar, const REAL *Bs, const REAL *Cs, const REAL *X, const REAL *CK,
                                  const REAL *GY, REAL *GDT, REAL *GAr, REAL *GBs, REAL *GCs, REAL *GX, REAL *W) {

@@ -29,7 +29,7 @@ import torch
 from harness.plugins.kernels import build, ops
 
 #: Steps between two checkpoints of the selective scan's state: memory (B, T/chunk, D, N) for the
-#: checkpoints plus (B, chunk + 1, D, N) scratch in backward.
+#: checkpoints plus (B, 2 chunk + 1, D, N) scratch in backward.
 CHUNK = 64
 
 _LIB = torch.library.Library("harness", "FRAGMENT")
@@ -156,7 +156,7 @@ def _selective_backward_cpu(grad_y: torch.Tensor, delta: torch.Tensor, A: torch.
     (batch, length, channels), states = delta.shape, A.shape[1]
     grad_A_rows = delta.new_empty(batch, channels, states)  # one per batch row (rows run in parallel)
     chunk = min(chunk, length)  # as in forward
-    scratch = delta.new_empty(batch, (chunk + 1) * channels * states + 2 * states)
+    scratch = delta.new_empty(batch, (2 * chunk + 1) * channels * states + 2 * states)
     _kernel("selective_scan_backward", delta.dtype)(
         length, batch, channels, states, chunk, delta.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(),
         x.data_ptr(), checkpoints.data_ptr(), grad_y.data_ptr(), grad_delta.data_ptr(), grad_A_rows.data_ptr(),
