@@ -11,20 +11,25 @@ model base class that chooses between them.
   float32 error this measures at T = 1000).
 - ``loop``: one step at a time; the reference the other two are tested against, and the path
   through which the per-step states are kept for the gradient-flow measurement.
-- ``auto``: the loop on the CPU, the scan on other devices.
+- ``kernel`` (not a mode: what ``auto`` runs on the CPU where it can): the whole loop in C
+  (:func:`harness.plugins.kernels.scan_ops.diagonal_scan`), forward and backward.
+- ``auto``: the C kernel on the CPU (the loop where the kernels are off or unavailable, with the
+  kernels' one warning), the scan on other devices.
 """
 
 from __future__ import annotations
 
 import torch
+from harness.plugins import kernels
+from harness.plugins.kernels.scan_ops import diagonal_scan
 from torch import nn
 
 from harness.errors import HarnessError
 
 MODES = ("auto", "scan", "loop")
-#: What ``auto`` runs, by device type: the loop on the CPU, where it measured as fast as the scan or
-#: faster (docs/models.md), the scan elsewhere.
-AUTO = {"cpu": "loop"}
+#: What ``auto`` runs, by device type: on the CPU the C kernel, else the loop (which measured as fast
+#: as the scan or faster there, docs/models.md); the scan elsewhere.
+AUTO = {"cpu": "kernel"}
 
 
 def check_mode(mode: str, modes: tuple[str, ...] = MODES) -> str:
@@ -73,18 +78,28 @@ class LinearRecurrence(nn.Module):
 
     @property
     def implementation(self) -> str:
-        """The algorithm that runs on the parameters' device, recorded with each result."""
-        return self.resolved(next(self.parameters()).device)
+        """The algorithm that runs for the parameters' device and dtype, recorded with each result."""
+        parameter = next(self.parameters())
+        return self.resolved(parameter.device, parameter.dtype)
 
-    def resolved(self, device: torch.device) -> str:
-        """``mode``, with ``auto`` replaced by the algorithm it picks on ``device``."""
-        return AUTO.get(device.type, "scan") if self.mode == "auto" else self.mode
+    def resolved(self, device: torch.device, dtype: torch.dtype) -> str:
+        """``mode``, with ``auto`` replaced by the algorithm it picks for ``device`` and ``dtype`` (real or
+        complex): ``kernel`` only where the C kernels run for it (may build or load them, once)."""
+        if self.mode != "auto":
+            return self.mode
+        choice = AUTO.get(device.type, "scan")
+        if choice == "kernel" and kernels.unsupported(device, dtype.to_real()) is not None:
+            return "loop"
+        return choice
 
     def recur(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """h for all t, shape of ``b`` (batch, length, *state), by ``mode`` (``loop`` when keeping states)."""
-        if self.keep_states or self.resolved(b.device) == "loop":
-            return self._loop(a, b)
-        return linear_scan(a, b)
+        how = "loop" if self.keep_states else self.resolved(b.device, b.dtype)
+        if how == "kernel" and not (torch.jit.is_scripting() or torch.jit.is_tracing()):
+            return diagonal_scan(a, b)
+        if how == "scan":
+            return linear_scan(a, b)
+        return self._loop(a, b)
 
     def _loop(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         shape = b.shape[:1] + b.shape[2:]

@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from harness.plugins.kernels.scan_ops import selective_scan
 from harness.plugins.scans import LinearRecurrence, linear_scan
 from torch import nn
 
@@ -58,7 +59,10 @@ class SelectiveSSM(LinearRecurrence):
         delta_low, B, C = self.x_proj(x).split([self.dt_rank, self.state_size, self.state_size], dim=-1)
         delta = F.softplus(self.dt_proj(delta_low))  # (batch, length, width)
         A = -torch.exp(self.A_log)  # (width, state)
-        if self.keep_states or self.resolved(x.device) == "loop":
+        how = "loop" if self.keep_states else self.resolved(x.device, x.dtype)
+        if how == "kernel" and not (torch.jit.is_scripting() or torch.jit.is_tracing()):
+            y = selective_scan(delta, A, B, C, x)  # keeps a state every few steps, not (batch, length, width, state)
+        elif how != "scan":
             y = self._steps(delta, x, B, C, A)
         else:
             decay = torch.exp(delta.unsqueeze(-1) * A)  # exp(Δ A): (batch, length, width, state)

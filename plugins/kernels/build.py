@@ -41,14 +41,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ABI = 3  # must equal HARNESS_CELL_KERNELS_ABI in cell_kernels.c
-SOURCES = ("cell_kernels.c", "cell_kernels.h", "sequence_kernels.h")
+# the first is compiled (it includes the others)
+SOURCES = ("harness_kernels.c", "cell_kernels.c", "cell_kernels.h", "sequence_kernels.h", "scan_kernels.h")
 # exported kernel -> (number of int64 sizes, then number of pointers), for each of _f32, _f64
 FUNCTIONS = {"peephole_forward": (2, 6), "peephole_backward": (2, 9), "cifg_forward": (2, 5),
              "cifg_backward": (2, 6),
              "rnn_sequence_forward": (4, 4), "rnn_sequence_backward": (6, 5),
              "gru_sequence_forward": (4, 6), "gru_sequence_backward": (6, 8),
              "peephole_sequence_forward": (4, 8), "peephole_sequence_backward": (6, 11),
-             "cifg_sequence_forward": (4, 7), "cifg_sequence_backward": (6, 9)}
+             "cifg_sequence_forward": (4, 7), "cifg_sequence_backward": (6, 9),
+             "diagonal_scan_forward": (3, 4), "diagonal_scan_backward": (3, 7),
+             "complex_scan_forward": (3, 4), "complex_scan_backward": (3, 7),
+             "selective_scan_forward": (5, 8), "selective_scan_backward": (5, 13)}
 LOCK_TIMEOUT_S = 300.0  # longer than any build: after that, build without the lock
 # libgomp.so.1, libgomp-a34b3233.so.1 (a wheel's renamed copy), libiomp5.so, libomp.so, libomp.dylib
 _OPENMP_RUNTIME = re.compile(r"lib(gomp|iomp5|omp)(-[0-9a-f]+)?\.(so(\.[0-9]+)*|dylib)")
