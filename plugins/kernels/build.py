@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-ABI = 3  # must equal HARNESS_CELL_KERNELS_ABI in cell_kernels.c
+ABI = 4  # must equal HARNESS_CELL_KERNELS_ABI in cell_kernels.c
 # the first is compiled (it includes the others)
 SOURCES = ("harness_kernels.c", "cell_kernels.c", "cell_kernels.h", "sequence_kernels.h", "scan_kernels.h")
 # exported kernel -> (number of int64 sizes, then number of pointers), for each of _f32, _f64
