@@ -15,7 +15,7 @@ import math
 
 import torch
 from harness.plugins import kernels
-from harness.plugins.initialisation import check_init, set_gate_biases
+from harness.plugins.initialisation import check_init, chrono_t_max, set_gate_biases
 from torch import nn
 
 from harness.cells import CellLoop, GatedCell, State
@@ -118,15 +118,19 @@ class SequenceLoop(CellLoop):
 
 
 def build_peephole(input_size: int, hidden_size: int = 128, peepholes: bool = True, forget_bias: float = 1.0,
-                   init: str = "default", chrono_max: int | None = None, length: int | None = None) -> SequenceLoop:
+                   init: str = "default", chrono_max: int | None = None, chrono_scale: float = 1.0,
+                   length: int | None = None) -> SequenceLoop:
     """``init="chrono"`` sets the gate biases for dependencies up to ``chrono_max`` (default: the
     trial's length T) and ignores ``forget_bias``."""
-    return SequenceLoop(PeepholeLSTMCell(input_size, hidden_size, peepholes, forget_bias, init, chrono_max or length),
+    t_max = chrono_t_max(chrono_max, chrono_scale, length)
+    return SequenceLoop(PeepholeLSTMCell(input_size, hidden_size, peepholes, forget_bias, init, t_max),
                         "peephole")
 
 
 def build_cifg(input_size: int, hidden_size: int = 128, forget_bias: float = 1.0, init: str = "default",
-               chrono_max: int | None = None, length: int | None = None) -> SequenceLoop:
+               chrono_max: int | None = None, chrono_scale: float = 1.0,
+               length: int | None = None) -> SequenceLoop:
     """``forget_bias`` is the bias of the effective forget value 1 − i: the input gate gets −forget_bias
     (1 gives σ(1), as the LSTM); ``init="chrono"``: input-gate biases −log u, u ~ U[1, T_max − 1]."""
-    return SequenceLoop(CIFGCell(input_size, hidden_size, forget_bias, init, chrono_max or length), "cifg")
+    t_max = chrono_t_max(chrono_max, chrono_scale, length)
+    return SequenceLoop(CIFGCell(input_size, hidden_size, forget_bias, init, t_max), "cifg")

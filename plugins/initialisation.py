@@ -27,7 +27,18 @@ def check_init(init: str) -> None:
         raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
 
 
-def chrono_log_u(hidden_size: int, t_max: int | None, like: torch.Tensor) -> torch.Tensor:
+def chrono_t_max(chrono_max: int | None, chrono_scale: float, length: int | None) -> float | None:
+    """T_max of chrono initialisation: ``chrono_max`` if given, else ``chrono_scale`` × the trial's
+    length T (Tallec & Ollivier 2018 used T_max = 3T/2 on copy: ``chrono_scale=1.5``); None when
+    neither is known."""
+    if not (isinstance(chrono_scale, (int, float)) and chrono_scale > 0):
+        raise ValueError(f"chrono_scale must be a positive number, got {chrono_scale!r}")
+    if chrono_max is not None:
+        return chrono_max
+    return None if length is None else chrono_scale * length
+
+
+def chrono_log_u(hidden_size: int, t_max: float | None, like: torch.Tensor) -> torch.Tensor:
     """log(u), u ~ U[1, T_max − 1] per unit (u = 1 when T_max ≤ 2)."""
     if t_max is None:
         raise ValueError("init='chrono' needs T_max: pass chrono_max, or build the model for a trial "
@@ -37,7 +48,7 @@ def chrono_log_u(hidden_size: int, t_max: int | None, like: torch.Tensor) -> tor
 
 
 def set_gate_biases(bias_ih: torch.Tensor, bias_hh: torch.Tensor, hidden: int, gates: dict[str, int],
-                    init: str, forget_bias: float, t_max: int | None) -> None:
+                    init: str, forget_bias: float, t_max: float | None) -> None:
     """Write one layer's gate biases in place. ``gates`` maps ``input``/``forget``/``update`` to the
     index of that gate's block (an absent gate is skipped); with ``coupled`` the forget value is
     1 − input, so the input gate carries minus the forget bias."""

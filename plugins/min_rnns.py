@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from harness.plugins.initialisation import check_init, chrono_log_u
+from harness.plugins.initialisation import check_init, chrono_log_u, chrono_t_max
 from harness.plugins.scans import LinearRecurrence, log_scan
 from torch import nn
 
@@ -89,14 +89,16 @@ class MinLSTM(_MinRNN):
 
 def build_mingru(input_size: int, hidden_size: int = 128, mode: Literal["auto", "scan", "log-scan", "loop"] = "auto",
                  init: Literal["default", "chrono"] = "default", chrono_max: int | None = None,
-                 length: int | None = None) -> MinGRU:
+                 chrono_scale: float = 1.0, length: int | None = None) -> MinGRU:
     """minGRU; ``init="chrono"`` spreads the update gate's memory times over [2, T_max] (T_max: ``chrono_max``,
     else the trial's length)."""
-    return MinGRU(input_size, hidden_size, mode, init, chrono_max or length)
+    t_max = chrono_t_max(chrono_max, chrono_scale, length)
+    return MinGRU(input_size, hidden_size, mode, init, t_max)
 
 
 def build_minlstm(input_size: int, hidden_size: int = 128, mode: Literal["auto", "scan", "log-scan", "loop"] = "auto",
                   init: Literal["default", "chrono"] = "default", chrono_max: int | None = None,
-                  length: int | None = None) -> MinLSTM:
+                  chrono_scale: float = 1.0, length: int | None = None) -> MinLSTM:
     """minLSTM; ``init="chrono"`` as for minGRU, through the forget and input gate biases."""
-    return MinLSTM(input_size, hidden_size, mode, init, chrono_max or length)
+    t_max = chrono_t_max(chrono_max, chrono_scale, length)
+    return MinLSTM(input_size, hidden_size, mode, init, t_max)

@@ -12,7 +12,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from harness.plugins.initialisation import check_init, set_gate_biases
+from harness.plugins.initialisation import check_init, chrono_t_max, set_gate_biases
 
 from harness.cells import CellLoop, GatedCell, State
 from harness.errors import HarnessError
@@ -57,6 +57,8 @@ class SLSTMCell(GatedCell):
 
 def build_slstm(input_size: int, hidden_size: int = 128, forget_gate: Literal["sigmoid", "exp"] = "sigmoid",
                 forget_bias: float = 1.0, init: Literal["default", "chrono"] = "default",
-                chrono_max: int | None = None, length: int | None = None) -> CellLoop:
+                chrono_max: int | None = None, chrono_scale: float = 1.0,
+                length: int | None = None) -> CellLoop:
     """sLSTM with one head; ``init="chrono"`` sets forget biases log u and input biases −log u, u ~ U[1, T_max − 1]."""
-    return CellLoop(SLSTMCell(input_size, hidden_size, forget_gate, forget_bias, init, chrono_max or length))
+    t_max = chrono_t_max(chrono_max, chrono_scale, length)
+    return CellLoop(SLSTMCell(input_size, hidden_size, forget_gate, forget_bias, init, t_max))

@@ -10,7 +10,7 @@ kernels cannot be loaded, the module itself. ``implementation`` says which.
 from __future__ import annotations
 
 import torch
-from harness.plugins.initialisation import check_init, set_gate_biases
+from harness.plugins.initialisation import check_init, chrono_t_max, set_gate_biases
 from torch import nn
 
 _MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -89,20 +89,26 @@ def build_rnn(input_size: int, hidden_size: int = 128, num_layers: int = 1) -> F
 
 
 def build_lstm(input_size: int, hidden_size: int = 128, num_layers: int = 1, forget_bias: float = 1.0,
-               init: str = "default", chrono_max: int | None = None, length: int | None = None) -> FusedRecurrent:
+               init: str = "default", chrono_max: int | None = None, chrono_scale: float = 1.0,
+               length: int | None = None) -> FusedRecurrent:
     """``init="chrono"`` sets the gate biases for dependencies up to ``chrono_max`` (default: the
     trial's length T) and ignores ``forget_bias``."""
+    t_max = chrono_t_max(chrono_max, chrono_scale, length)
     return FusedRecurrent("lstm", input_size, hidden_size, num_layers, forget_bias=forget_bias, init=init,
-                          t_max=chrono_max or length)
+                          t_max=t_max)
 
 
 def build_gru(input_size: int, hidden_size: int = 128, num_layers: int = 1, init: str = "default",
-              chrono_max: int | None = None, length: int | None = None) -> FusedRecurrent:
+              chrono_max: int | None = None, chrono_scale: float = 1.0,
+              length: int | None = None) -> FusedRecurrent:
     """``init="default"`` keeps PyTorch's initialisation; ``chrono`` sets the update gate's bias."""
-    return FusedRecurrent("gru", input_size, hidden_size, num_layers, init=init, t_max=chrono_max or length)
+    t_max = chrono_t_max(chrono_max, chrono_scale, length)
+    return FusedRecurrent("gru", input_size, hidden_size, num_layers, init=init, t_max=t_max)
 
 
 def build_bilstm(input_size: int, hidden_size: int = 128, num_layers: int = 1, forget_bias: float = 1.0,
-                 init: str = "default", chrono_max: int | None = None, length: int | None = None) -> FusedRecurrent:
+                 init: str = "default", chrono_max: int | None = None, chrono_scale: float = 1.0,
+                 length: int | None = None) -> FusedRecurrent:
+    t_max = chrono_t_max(chrono_max, chrono_scale, length)
     return FusedRecurrent("lstm", input_size, hidden_size, num_layers, bidirectional=True,
-                          forget_bias=forget_bias, init=init, t_max=chrono_max or length)
+                          forget_bias=forget_bias, init=init, t_max=t_max)

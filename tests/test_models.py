@@ -487,6 +487,22 @@ def test_forget_bias_on_every_lstm_family_model():
             torch.testing.assert_close((ih + hh).detach()[H:2 * H], torch.full((H,), 3.0))
 
 
+@pytest.mark.parametrize("name", ["lstm", "gru", "peephole", "cifg", "mingru", "minlstm", "slstm"])
+def test_chrono_scale_sets_t_max_as_a_multiple_of_the_length(name):
+    """The chrono paper's copy setting, T_max = 3T/2: ``chrono_scale=1.5`` at T = 100 gives u ~ U[1, 149]."""
+    from harness.plugins.initialisation import chrono_t_max
+
+    assert chrono_t_max(None, 1.5, 100) == 150 and chrono_t_max(60, 1.5, 100) == 60
+    assert chrono_t_max(None, 1.5, None) is None
+    with pytest.raises(ValueError, match="chrono_scale must be a positive number"):
+        chrono_t_max(None, 0.0, 100)
+    torch.manual_seed(25)
+    model = _build(name, input_size=IN, hidden_size=2000, init="chrono", chrono_scale=1.5, length=100)
+    biases = torch.cat([p.detach().flatten() for n, p in model.named_parameters() if "bias" in n])
+    # the largest |bias| is log u for the largest u: beyond T = 100's bound log 99, within 3T/2's log 149
+    assert math.log(99) < biases.abs().max().item() <= math.log(149) + 1e-4
+
+
 def test_chrono_needs_a_length_and_rejects_unknown_inits():
     with pytest.raises(ValueError, match="T_max"):
         _build("lstm", input_size=IN, hidden_size=H, init="chrono")
