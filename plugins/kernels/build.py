@@ -42,7 +42,7 @@ from pathlib import Path
 
 ABI = 4  # must equal HARNESS_CELL_KERNELS_ABI in cell_kernels.c
 # the first is compiled (it includes the others)
-SOURCES = ("harness_kernels.c", "cell_kernels.c", "cell_kernels.h", "sequence_kernels.h", "scan_kernels.h")
+SOURCES = ("cell_kernels.c", "cell_kernels.h", "sequence_kernels.h", "scan_kernels.h")
 # exported kernel -> (number of int64 sizes, then number of pointers), for each of _f32, _f64
 FUNCTIONS = {"peephole_forward": (2, 6), "peephole_backward": (2, 9), "cifg_forward": (2, 5),
              "cifg_backward": (2, 6),

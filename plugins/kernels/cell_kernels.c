@@ -1,12 +1,13 @@
 /* Fused CPU kernels of the built-in cells: the pointwise step of the peephole-LSTM and CIFG cells
-   (cell_kernels.h), and the whole-sequence loops of the rnn, GRU, peephole and CIFG cells
-   (sequence_kernels.h), forward and backward.
+   (cell_kernels.h), the whole-sequence loops of the rnn, GRU, peephole and CIFG cells
+   (sequence_kernels.h), and the diagonal and selective scans of the modern recurrent models
+   (scan_kernels.h), forward and backward: one library.
 
    Built by harness.plugins.kernels.build with the system C compiler on first use and loaded with
    ctypes; called from harness.plugins.kernels.ops (torch custom ops "harness::*"). No torch
    headers: the build takes about a second.
 
-   The kernels live in cell_kernels.h, included here once per precision with REAL (the element
+   The kernels live in the three headers, included here once per precision with REAL (the element
    type), SUFFIX (the name suffix: f32, f64) and IS_FLOAT (1 for float: use the vectorisable
    polynomial exp/tanh below; 0: libm) defined. Every exported symbol is NAME_SUFFIX, e.g.
    peephole_forward_f32. */
@@ -72,6 +73,7 @@ void harness_set_blas(void *sgemm, void *dgemm) {
 #define IS_FLOAT 1
 #include "cell_kernels.h"
 #include "sequence_kernels.h"
+#include "scan_kernels.h"
 #undef REAL
 #undef SUFFIX
 #undef IS_FLOAT
@@ -81,6 +83,7 @@ void harness_set_blas(void *sgemm, void *dgemm) {
 #define IS_FLOAT 0
 #include "cell_kernels.h"
 #include "sequence_kernels.h"
+#include "scan_kernels.h"
 #undef REAL
 #undef SUFFIX
 #undef IS_FLOAT

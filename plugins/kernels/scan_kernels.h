@@ -1,6 +1,6 @@
 /* Diagonal linear recurrences of one precision, forward and backward: the generic one of minGRU, minLSTM
    and the LRU, h_t = a_t * h_{t-1} + b_t elementwise (real, or complex as interleaved (re, im) pairs, the
-   layout of torch.view_as_real), and the selective scan of Mamba's S6. Included by harness_kernels.c once
+   layout of torch.view_as_real), and the selective scan of Mamba's S6. Included by cell_kernels.c once
    per precision after cell_kernels.h (whose FN(xexp) the selective scan uses), so no include guard.
 
    Layout: batch-first and contiguous, as the models hold their tensors: a, b, h, grads (B, T, N) with N
