@@ -1,4 +1,4 @@
-"""rnn, lstm, gru and bilstm on the fused ``torch.nn`` recurrent modules (docs/models.md).
+"""rnn, lstm, gru and bilstm: ``torch.nn``'s modules and equations, whole-sequence kernels on the CPU.
 
 Every model keeps its ``torch.nn`` module (parameters, initialisation), but on the CPU in
 float32/float64 its forward pass runs the whole-sequence kernels of :mod:`harness.plugins.kernels`

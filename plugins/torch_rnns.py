@@ -1,4 +1,8 @@
-"""Built-in plugin: the models whose equations match fused ``torch.nn`` modules (cuDNN/oneDNN)."""
+"""Built-in plugin: the models whose equations and parameters are ``torch.nn``'s (rnn, lstm, gru, bilstm).
+
+On the CPU they run the whole-sequence kernels of :mod:`harness.plugins.kernels`; elsewhere the
+``torch.nn`` modules (cuDNN on a GPU).
+"""
 
 from harness import hookimpl
 

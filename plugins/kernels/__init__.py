@@ -1,5 +1,7 @@
-"""Fused CPU kernels of the built-in cells: the pointwise step of the peephole-LSTM and CIFG cells, and
-the whole-sequence loops (forward and backward) of the rnn, GRU, peephole and CIFG cells.
+"""Fused CPU kernels of the built-in models: the pointwise step of the peephole-LSTM and CIFG cells,
+the whole-sequence loops (forward and backward) of the rnn, GRU, peephole and CIFG cells (the LSTM
+runs the peephole loop with zero peepholes), and the diagonal and selective scans of the modern
+recurrent models (:mod:`.scan_ops`: minGRU, minLSTM, LRU, Mamba's S6).
 
 Why: in a Python cell loop on the CPU, the matrix products are as fast as inside the fused
 ``torch.nn.LSTM``, but the ~14 small pointwise operations of an LSTM step and the ~30 kernels of
