@@ -91,8 +91,13 @@ def _announce(plan: Any, what: str, grid: bool = True) -> None:
         where = f"Ray ({plan.config.ray_address or 'a local instance'})"
     else:
         where = "in this process" if plan.workers == 0 else f"{plan.workers} worker(s)"
-    lengths = (f" × {sum(len(v) for v in plan.lengths.values())} length(s)" if grid
-               else f" × {len(plan.tasks)} task(s)")
+    pairs = sum(len(v) for v in plan.lengths.values())
+    if not grid:
+        lengths = f" × {len(plan.tasks)} task(s)"
+    elif len(plan.lengths) > 1:  # lengths may differ per task: count (task, length) pairs
+        lengths = f" × {pairs} (task, length) pairs"
+    else:
+        lengths = f" × {pairs} length(s)"
     print(f"harness: {what} ({len(plan.models)} model(s){lengths} × {len(plan.config.seeds)} seeds{axes}) on "
           f"{plan.device}, {where} → {plan.out}", file=sys.stderr)
 
