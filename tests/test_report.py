@@ -141,6 +141,23 @@ def test_axes_and_selection_on_validation_not_test(tmp_path):
     assert "chosen on validation" in text and "lr=0.01" in text
 
 
+def test_selection_with_a_setting_that_only_failed(tmp_path):
+    """A setting whose every trial is an error is never chosen beside one with results, and a cell where
+    every setting failed keeps one setting's rows: reports show one line per model (they used to fail)."""
+    rows = []
+    for seed in range(2):
+        rows.append(trial("lstm", "recall", 10, seed, 0.6, lr=1e-3, config="works"))
+        rows.append(trial("lstm", "recall", 10, seed, math.nan, lr=1e-2, config="fails", status="error"))
+        rows.append(trial("lstm", "recall", 20, seed, math.nan, lr=1e-3, config="works", status="error"))
+        rows.append(trial("lstm", "recall", 20, seed, math.nan, lr=1e-2, config="fails", status="error"))
+    run = write_run(tmp_path / "run", rows)
+    chosen = select_best(load_results([run]))
+    assert chosen.groupby("length")["config_id"].nunique().to_dict() == {10: 1, 20: 1}
+    assert set(chosen[chosen["length"] == 10]["config_id"]) == {"works"}
+    text = full_report([run], select="best")
+    assert re.search(r"\| lstm +\| 0\.600 ± 0\.000 +\| +error \|", text), text
+
+
 def test_selection_without_validation_scores_is_refused(tmp_path):
     rows = [trial("lstm", "recall", 10, 0, 0.5, lr=lr, config=c) for lr, c in ((1e-2, "a"), (1e-3, "b"))]
     for row in rows:

@@ -244,14 +244,20 @@ def select_best(results: pd.DataFrame) -> pd.DataFrame:
     the values of an implementation option are kept apart as models of their own
     (:func:`separate_implementations`), never selected."""
     results = separate_implementations(results)
-    valid = valid_trials(results)
-    if valid.empty or valid.groupby(["model", "task", "length"])["config_id"].nunique().max() <= 1:
+    cells = ["model", "task", "length"]
+    if results.empty or results.groupby(cells)["config_id"].nunique().max() <= 1:
         return results
-    if valid["val_score"].isna().all():
+    valid = valid_trials(results)
+    if valid["val_score"].isna().all() and not valid.empty \
+            and valid.groupby(cells)["config_id"].nunique().max() > 1:
         raise HarnessError("--select best needs validation scores, which these results do not have (they "
                            "were made before harness 0.2); use --select all")
-    means = valid.groupby(["model", "task", "length", "config_id"]).agg(val_score=("val_score", "mean"),
-                                                                         val_loss=("val_loss", "mean"))
+    means = valid.groupby(cells + ["config_id"]).agg(val_score=("val_score", "mean"),
+                                                     val_loss=("val_loss", "mean"))
     means = means.reset_index().sort_values(["val_score", "val_loss"], ascending=[False, True], na_position="last")
-    chosen = means.drop_duplicates(["model", "task", "length"], keep="first")[["model", "task", "length", "config_id"]]
+    chosen = means.drop_duplicates(cells, keep="first")[cells + ["config_id"]]
+    # a cell where every setting failed keeps one setting's rows, so that reports show its errors once
+    failed = results[cells + ["config_id"]].drop_duplicates(cells)
+    failed = failed.merge(chosen[cells], on=cells, how="left", indicator=True)
+    chosen = pd.concat([chosen, failed[failed["_merge"] == "left_only"][cells + ["config_id"]]])
     return results.merge(chosen, on=["model", "task", "length", "config_id"], how="inner")
