@@ -12,9 +12,11 @@ retried either): a trial whose worker or node dies, or that Ray kills for memory
 than ``--trial-timeout`` is cancelled (its worker is killed) and recorded as an error.
 
 The driver keeps no more trials in flight than the cluster's live nodes can run at once (read
-again as trials finish, so nodes that join are used), so the longest-first order holds and a
-trial's timeout counts from when it is handed to Ray (plus its worker's start-up, if it gets a
-fresh worker), not from when the sweep queued it.
+again as trials finish, so nodes that join are used), so the longest-first order holds. Each task
+is a streaming generator that first reports that its worker is set up: a trial's timeout counts
+from then, as with the local pool, not from when it was handed to Ray, so a worker's slow start-up
+on a busy machine is not charged to the trial. A trial whose worker has not started within
+:data:`START_ALLOWANCE_SECONDS` more than the timeout is stopped too, so a sweep never waits forever.
 
 Ray is optional (``pip install "recurrent-harness[ray]"``); this module imports it only when an
 executor is made, so the rest of the harness never pays for it.
@@ -32,13 +34,14 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.runs.ray_shipping import PluginShipment
-from harness.runs.ray_worker import run_on_worker
+from harness.runs.ray_worker import STARTED, run_reporting_start
 from harness.runs.spec import TrialSpec
 from harness.runs.training import TrialOutcome, error_outcome
 
 INSTALL = 'pip install "recurrent-harness[ray]"'
 POLL_SECONDS = 1.0        # ray.wait returns at least this often, so Ctrl-C and SIGTERM are handled promptly
 CAPACITY_SECONDS = 5.0    # how long a reading of the cluster's nodes is trusted
+START_ALLOWANCE_SECONDS = 300.0  # with --trial-timeout: extra time a trial's worker may take to start
 
 
 def import_ray() -> Any:
@@ -115,14 +118,15 @@ class RayExecutor:
         self.shipment = PluginShipment.stage()
         self.owns_connection = False
         self.queue: collections.deque[TrialSpec] = collections.deque()
-        self.running: dict[Any, tuple[TrialSpec, float]] = {}
+        #: in-flight tasks (their result generators) -> (spec, when it was handed to Ray, when it started or None)
+        self.running: dict[Any, tuple[TrialSpec, float, float | None]] = {}
         self._capacity, self._capacity_read = 0, -CAPACITY_SECONDS
         try:
             task_env = self._connect()
             options: dict[str, Any] = {"max_retries": 0, "retry_exceptions": False, "max_calls": 0, **self.resources}
             if task_env:
                 options["runtime_env"] = {"env_vars": task_env}
-            self.remote = self.ray.remote(**options)(run_on_worker)
+            self.remote = self.ray.remote(num_returns="streaming", **options)(run_reporting_start)
             if self.capacity(fresh=True) == 0:
                 raise HarnessError(f"no node of the Ray cluster can run a trial: each requests {self._request()}, "
                                    f"and its nodes have {self._nodes_text()}; lower --threads or --gpus-per-trial")
@@ -186,7 +190,7 @@ class RayExecutor:
     def _dispatch(self) -> None:
         while self.queue and len(self.running) < self.capacity():
             spec = self.queue.popleft()
-            self.running[self.remote.remote(spec, self.threads)] = (spec, time.monotonic())
+            self.running[self.remote.remote(spec, self.threads)] = (spec, time.monotonic(), None)
 
     def outcomes(self) -> Iterator[TrialOutcome]:
         """Yield each trial's outcome as it finishes (``ray.wait`` one at a time)."""
@@ -201,35 +205,57 @@ class RayExecutor:
                 time.sleep(POLL_SECONDS)
                 continue
             ready = _signal_safe(self.ray.wait, list(self.running), num_returns=1, timeout=self._wait_time())[0]
-            for ref in ready:
-                yield self._collect(ref)
+            for task in ready:
+                outcome = self._next_item(task)
+                if outcome is not None:
+                    yield outcome
             yield from self._expired()
+
+    def _deadline(self, dispatched: float, started: float | None) -> float:
+        assert self.trial_timeout is not None
+        if started is not None:
+            return started + self.trial_timeout
+        return dispatched + self.trial_timeout + START_ALLOWANCE_SECONDS
 
     def _wait_time(self) -> float:
         if self.trial_timeout is None:
             return POLL_SECONDS
-        now = time.monotonic()
-        first = min(started for _, started in self.running.values())
-        return max(0.0, min(POLL_SECONDS, first + self.trial_timeout - now))
+        first = min(self._deadline(dispatched, started) for _, dispatched, started in self.running.values())
+        return max(0.0, min(POLL_SECONDS, first - time.monotonic()))
 
-    def _collect(self, ref: Any) -> TrialOutcome:
-        spec, _ = self.running.pop(ref)
+    def _next_item(self, task: Any) -> TrialOutcome | None:
+        """Read a ready task's next item: None once it reports its start, else its outcome (then it is done)."""
+        spec, dispatched, started = self.running[task]
         try:
-            outcome = _signal_safe(self.ray.get, ref)
+            ref = next(task)
+            item = _signal_safe(self.ray.get, ref)
+        except StopIteration:
+            item = None
         except self.ray.exceptions.RayError as exc:
+            del self.running[task]
             return error_outcome(spec, describe_ray_error(exc))
-        self.shipment.restore(outcome.row)
-        return outcome
+        if isinstance(item, str) and item == STARTED and started is None:
+            self.running[task] = (spec, dispatched, time.monotonic())
+            return None
+        del self.running[task]
+        if not isinstance(item, TrialOutcome):
+            return error_outcome(spec, f"its Ray task ended without a result (got {type(item).__name__})")
+        self.shipment.restore(item.row)
+        return item
 
     def _expired(self) -> Iterator[TrialOutcome]:
         if self.trial_timeout is None:
             return
         now = time.monotonic()
-        for ref, (spec, started) in list(self.running.items()):
-            if now - started >= self.trial_timeout:
-                self._cancel(ref)
-                del self.running[ref]
-                yield error_outcome(spec, f"timed out after {self.trial_timeout:g} s (--trial-timeout)")
+        for task, (spec, dispatched, started) in list(self.running.items()):
+            if now >= self._deadline(dispatched, started):
+                self._cancel(task)
+                del self.running[task]
+                if started is None:
+                    yield error_outcome(spec, f"its Ray worker was not set up within {self.trial_timeout:g} s "
+                                              f"(--trial-timeout) + {START_ALLOWANCE_SECONDS:g} s")
+                else:
+                    yield error_outcome(spec, f"timed out after {self.trial_timeout:g} s (--trial-timeout)")
 
     def _unrunnable(self) -> Iterator[TrialOutcome]:
         why = f"not run: no live Ray node can run a trial ({self._request()}; nodes: {self._nodes_text()})"

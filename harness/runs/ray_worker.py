@@ -16,10 +16,14 @@ import pickle
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from harness.runs.spec import TrialSpec
     from harness.runs.training import TrialOutcome
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: The first item a trial's task yields: the trial has started on its worker (the driver times it from here).
+STARTED = "started"
 _prepared = False
 
 
@@ -58,3 +62,13 @@ def run_on_worker(spec: TrialSpec, threads: int) -> TrialOutcome:
         # an unpicklable value in a third-party row: still report the trial
         return error_outcome(spec, f"the trial's results could not be sent back: {type(exc).__name__}: {exc}")
     return outcome
+
+
+def run_reporting_start(spec: TrialSpec, threads: int) -> Iterator[str | TrialOutcome]:
+    """The Ray task (a streaming generator): :data:`STARTED` once the worker is set up (threads,
+    torch, plugins: seconds on a quiet machine, more than half a minute on a loaded one), then the
+    trial's outcome, so that ``--trial-timeout`` counts the trial itself, as with the local pool,
+    whose workers are set up before they take a trial."""
+    prepare_worker(threads)
+    yield STARTED
+    yield run_on_worker(spec, threads)
