@@ -16,7 +16,7 @@ import pytest
 
 from harness.cli import main
 from harness.runs.horizon import Series, _search
-from harness.runs.spec import TrialSpec
+from harness.runs.spec import TrialSpec, training_budget
 from harness.runs.training import TrialOutcome, base_row
 
 
@@ -255,3 +255,30 @@ def test_the_horizons_title_fits_in_the_figure(tmp_path):
     assert "Memory horizon per model" in title and "criterion:" in title
     extent = fig._suptitle.get_window_extent(canvas.get_renderer())  # type: ignore[union-attr]
     assert extent.x0 >= 0 and extent.x1 <= fig.bbox.x1 and extent.y1 <= fig.bbox.y1
+
+
+def test_the_budget_grows_by_its_fraction_per_doubling_above_its_start():
+    assert training_budget(1500, 1000, 50, 0.5, 1000) == 1500
+    assert training_budget(1500, 2000, 50, 0.5, 1000) == 2250
+    assert training_budget(1500, 4000, 50, 0.5, 1000) == 3000
+    assert training_budget(1500, 10000, 50, 0.5, 1000) == 4000  # 1500 × (1 + 0.5 log2 10) = 3991, up to 4000
+    assert training_budget(1500, 10000, 50, 0.0, 1000) == 1500
+    grown = TrialSpec.build("lstm", "recall", 8000, 0, {"max_steps": 100, "eval_every": 10, "steps_growth": 1.0,
+                                                         "steps_from": 1000, "device": "cpu"})
+    assert grown.budget == 400 and grown.config_id == grown.replace(steps_growth=0.0).config_id
+
+
+def test_a_grown_budget_trains_longer_and_a_resume_under_another_budget_is_refused(tmp_path, capsys):
+    out = tmp_path / "b"
+    base = ["run", "--models", "rnn", "--task", "recall", "--lengths", "2,8", "--seeds", "1", "--steps", "4",
+            "--eval-every", "2", "--eval-size", "16", "--hidden-size", "4", "--batch-size", "4",
+            "--early-stop", "never", "--workers", "0", "--no-plot", "--quiet", "--out", str(out)]
+    assert main([*base, "--steps-growth", "1", "--steps-from", "2"]) == 0
+    rows = pd.read_csv(out / "results.csv").set_index("length")
+    assert rows.loc[2, "steps"] == rows.loc[2, "budget"] == 4
+    assert rows.loc[8, "steps"] == rows.loc[8, "budget"] == 12  # 4 × (1 + log2 4)
+    assert main([*base, "--steps-growth", "1", "--steps-from", "2", "--seeds", "2"]) == 0  # same rule: resumes
+    capsys.readouterr()
+    assert main([*base, "--seeds", "3"]) == 2  # without the rule, T = 8 would have had 4 steps
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "T=8 was trained for 12 steps" in err and "budget there is 4" in err

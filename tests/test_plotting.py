@@ -31,6 +31,7 @@ from harness.analysis.plotting import (  # noqa: E402
     steps_figure,
 )
 from harness.analysis.results import load_curves, load_results  # noqa: E402
+from harness.cli import main  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -268,6 +269,34 @@ def test_learning_curves_mean_over_seeds_holds_early_stops(tmp_path):
     assert brightness == sorted(brightness)
     chance = next(line for line in ax.get_lines() if line.get_gid() == "chance")
     np.testing.assert_allclose(chance.get_ydata(), 0.125)
+
+
+def test_loss_curves_draw_every_seed_and_the_memoryless_loss(tmp_path):
+    curves = pd.DataFrame([{"model": "lstm", "task": "copy", "length": 500, "seed": seed, "step": step,
+                            "val_loss": loss} for seed, losses in ((0, (0.05, 0.04, 0.001)), (1, (0.05, 0.04, 0.04)))
+                           for step, loss in zip((100, 200, 300), losses)])
+    fig = learning_curves_figure(curves, [("lstm", "copy")], metric="loss", memoryless={("copy", 500): 0.04})
+    (ax,) = [a for a in fig.axes if a.get_title() == "lstm on task: copy"]
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "validation loss"
+    drawn = lines(ax, "curve:")
+    assert sorted(drawn) == ["500:seed0", "500:seed1"]  # each seed, not their mean
+    np.testing.assert_allclose(drawn["500:seed0"].get_ydata(), [0.05, 0.04, 0.001])
+    np.testing.assert_allclose(drawn["500:seed1"].get_ydata(), [0.05, 0.04, 0.04])
+    baseline = next(line for line in ax.get_lines() if line.get_gid() == "memoryless:500")
+    np.testing.assert_allclose(baseline.get_ydata(), 0.04)
+
+
+def test_plot_loss_curves_of_one_model_show_each_of_its_settings(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--models", "lstm", "--task", "copy", "--lengths", "3", "--seeds", "1", "--steps", "4",
+                 "--eval-every", "2", "--eval-size", "8", "--hidden-size", "4", "--batch-size", "4",
+                 "--model-opt", "init=default,chrono", "--workers", "0", "--no-plot", "--quiet",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["plot", str(out), "--select", "all", "--curves", "lstm:copy", "--metric", "loss"]) == 0
+    written = capsys.readouterr().out
+    assert str(out / "learning_curves_lstm_copy_loss.png") in written
+    assert (out / "learning_curves_lstm_copy_loss.png").stat().st_size > 0
 
 
 def test_learning_curves_default_covers_every_pair_without_error_trials(run):

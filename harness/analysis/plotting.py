@@ -291,7 +291,7 @@ def steps_figure(results: pd.DataFrame) -> Figure:
     Each solved trial is a small marker and a line joins the per-length median over solved seeds.
     Unsolved (non-error) trials are not dropped: each is an 'x' in a shaded 'not solved' strip at
     the top of the panel (``gid="unsolved:<model>"``, stacked per seed, nudged sideways per
-    model). A dotted line marks the step budget (``max_steps``).
+    model). A dotted line marks the step budget (``budget``; over T where it grows with T).
     """
     with matplotlib.rc_context(RC):
         tasks = tasks_in(results)
@@ -306,7 +306,7 @@ def steps_figure(results: pd.DataFrame) -> Figure:
             solved = trials[solved_mask].assign(steps_to_solve=steps[solved_mask])
             unsolved = trials[~solved_mask]
             budget = np.nan
-            for column in ("max_steps", "steps"):
+            for column in ("budget", "max_steps", "steps"):
                 if column in rows and rows[column].notna().any():
                     budget = float(rows[column].max())
                     break
@@ -322,7 +322,13 @@ def steps_figure(results: pd.DataFrame) -> Figure:
                 ax.set_ylim(low, math.exp(math.log(low) + (math.log(high) - math.log(low)) / 0.8))
             else:
                 ax.set_ylim(0, high / 0.8)
-            if np.isfinite(budget):
+            per_length = (pd.to_numeric(rows["budget"], errors="coerce").groupby(rows["length"]).max().dropna()
+                          if "budget" in rows else pd.Series(dtype=float))
+            if per_length.nunique() > 1:  # a budget that grows with T (--steps-growth): a line over T
+                ax.plot(per_length.index.to_numpy(dtype=float), per_length.to_numpy(), color=_REFERENCE_COLOUR,
+                        linestyle=":", linewidth=1.3, drawstyle="steps-post", label="step budget", gid="budget")
+                any_budget = True
+            elif np.isfinite(budget):
                 ax.axhline(budget, color=_REFERENCE_COLOUR, linestyle=":", linewidth=1.3,
                            label="step budget", gid="budget")
                 any_budget = True
@@ -397,13 +403,17 @@ def _length_colours(lengths: list[int]):
 
 
 def learning_curves_figure(curves: pd.DataFrame, pairs: list[tuple[str, str]] | None = None,
-                           chance: dict[str, float] | None = None) -> Figure:
-    """Evaluation score against training step: one panel per (model, task) pair (rows: models,
-    columns: tasks), one line per dependency length, the mean over seeds (see :func:`_mean_curve`).
+                           chance: dict[str, float] | None = None, metric: str = "score",
+                           memoryless: dict[tuple[str, int], float] | None = None) -> Figure:
+    """Evaluation score (or loss) against training step: one panel per (model, task) pair (rows:
+    models, columns: tasks), one line per dependency length.
 
     Lines are coloured by length on a sequential log-scaled colormap shared by all panels, with a
-    colour bar; ``chance`` (task → chance score) adds dashed chance lines. ``pairs=None`` draws
-    every pair present in ``curves``.
+    colour bar. ``metric="score"``: the mean validation score over seeds (see :func:`_mean_curve`),
+    with dashed chance lines from ``chance`` (task → chance score). ``metric="loss"``: the
+    validation loss of every seed on a log axis (a mean would hide a seed that never left the
+    baseline), with the memoryless loss of each (task, length) in ``memoryless`` dashed: the level
+    a model that remembers nothing reaches. ``pairs=None`` draws every pair present in ``curves``.
     """
     with matplotlib.rc_context(RC):
         present = set(zip(curves["model"], curves["task"]))
@@ -429,13 +439,23 @@ def learning_curves_figure(curves: pd.DataFrame, pairs: list[tuple[str, str]] | 
                     continue
                 rows = selected[(selected["model"] == model) & (selected["task"] == task)]
                 for length, group in rows.groupby("length"):
+                    if metric == "loss":
+                        _seed_losses(ax, group, cmap(norm(length)), length)
+                        level = (memoryless or {}).get((task, int(length)), math.nan)
+                        if np.isfinite(level):
+                            ax.axhline(level, color=cmap(norm(length)), linestyle="--", linewidth=1.2,
+                                       label=f"memoryless, T={length}", gid=f"memoryless:{length}")
+                        continue
                     mean = _mean_curve(group)
                     ax.plot(mean.index.to_numpy(dtype=float), mean.to_numpy(), linewidth=1.6,
                             color=cmap(norm(length)), label=f"T={length}", gid=f"curve:{length}")
-                if chance and task in chance and np.isfinite(chance[task]):
-                    ax.axhline(chance[task], color=_REFERENCE_COLOUR, linestyle="--",
-                               linewidth=1.2, label="chance", gid="chance")
-                ax.set_ylim(0, 1.02)
+                if metric == "loss":
+                    ax.set_yscale("log")
+                else:
+                    if chance and task in chance and np.isfinite(chance[task]):
+                        ax.axhline(chance[task], color=_REFERENCE_COLOUR, linestyle="--",
+                                   linewidth=1.2, label="chance", gid="chance")
+                    ax.set_ylim(0, 1.02)
                 ax.set_xlim(left=0)
                 ax.set_title(f"{model} on task: {task}")
                 # Shared axes: labels on the outer panels and beside hidden ones only.
@@ -445,7 +465,7 @@ def learning_curves_figure(curves: pd.DataFrame, pairs: list[tuple[str, str]] | 
                 if outer_x:
                     ax.set_xlabel("training step")
                 if outer_y:
-                    ax.set_ylabel("validation score")
+                    ax.set_ylabel(f"validation {metric}")
         lengths = sorted(selected["length"].unique())
         if len(lengths) == 1:  # a colour bar for one value says little: name it in a legend
             next(ax for row in grid for ax in row if ax.get_visible()).legend(
@@ -458,8 +478,20 @@ def learning_curves_figure(curves: pd.DataFrame, pairs: list[tuple[str, str]] | 
                 bar.set_ticks(lengths)
                 bar.ax.yaxis.set_minor_formatter(NullFormatter())
             bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        fig.suptitle("Learning curves (mean over seeds" + ("; dashed: chance)" if chance else ")"))
+        if metric == "loss":
+            fig.suptitle("Learning curves (one line per seed; dashed: the memoryless loss)")
+        else:
+            fig.suptitle("Learning curves (mean over seeds" + ("; dashed: chance)" if chance else ")"))
     return fig
+
+
+def _seed_losses(ax, rows: pd.DataFrame, colour: Any, length: int) -> None:
+    """One validation-loss line per seed, in the length's colour; the seed is its line style."""
+    styles = ("-", (0, (5, 2)), (0, (1, 1.5)), (0, (5, 2, 1, 2)))
+    for index, (seed, one) in enumerate(rows.sort_values("step").groupby("seed")):
+        ax.plot(one["step"].to_numpy(dtype=float), one["val_loss"].to_numpy(dtype=float), linewidth=1.4,
+                color=colour, linestyle=styles[index % len(styles)], label=f"T={length}, seed {seed}",
+                gid=f"curve:{length}:seed{seed}")
 
 
 def cost_figure(results: pd.DataFrame) -> Figure:
@@ -515,7 +547,7 @@ def _save(fig: Figure, out_dir: Path, stem: str, formats: tuple[str, ...]) -> li
 
 def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, formats: tuple[str, ...] = ("png",),
               curves_for: tuple[str, str] | None = None, select: str | None = None, facet: str | None = None,
-              criterion: str = "default") -> list[Path]:
+              criterion: str = "default", metric: str = "score") -> list[Path]:
     """Draw every figure of the given run folders and return the files written.
 
     Results of all folders are concatenated; a trial present twice keeps the later folder's row.
@@ -524,7 +556,8 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, formats: tuple[
     (model, setting), and ``facet="lr"`` one set of score and loss figures per value of that setting.
     Writes into ``out_dir`` (default: the first run folder), for each format: ``score_vs_length``,
     ``loss_vs_length``, ``steps_to_solve``, ``learning_curves`` (``learning_curves_<model>_<task>``
-    for ``curves_for``; skipped without ``curves.csv``), ``cost``, ``horizons`` (when a model was
+    for ``curves_for``; ``_loss`` appended with ``metric="loss"``; skipped without ``curves.csv``),
+    ``cost``, ``horizons`` (when a model was
     tried at several lengths, and always for a folder of ``harness horizon``) and ``gradients`` (when a
     folder has ``gradients.csv``).
     """
@@ -558,7 +591,8 @@ def plot_runs(run_dirs: list[Path], out_dir: Path | None = None, formats: tuple[
     written += _save(loss_figure(results), out, "loss_vs_length", formats)
     written += _save(steps_figure(results), out, "steps_to_solve", formats)
     split = bool(results["model"].str.contains(" ").any())  # implementations kept apart by select_best
-    written += _curves(run_dirs, results, curves_for, out, formats, relabel=(chosen == "all" and bool(names)) or split)
+    written += _curves(run_dirs, results, curves_for, out, formats,
+                       relabel=(chosen == "all" and bool(names)) or split, metric=metric)
     written += _save(cost_figure(results), out, "cost", formats)
     horizon_run = any((d / "horizons.csv").is_file() for d in run_dirs)  # the figure always comes with it
     if horizon_run or every.groupby(["model", "task"])["length"].nunique().max() > 1:
@@ -579,8 +613,11 @@ def _check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _curves(run_dirs: list[Path], results: pd.DataFrame, curves_for: tuple[str, str] | None, out: Path,
-            formats: tuple[str, ...], relabel: bool) -> list[Path]:
-    """Learning curves of the trials in ``results`` (the selected ones, when selecting)."""
+            formats: tuple[str, ...], relabel: bool, metric: str = "score") -> list[Path]:
+    """Learning curves of the trials in ``results`` (the selected ones, when selecting); with
+    ``curves_for`` = (model, task), one panel for each setting of that model drawn."""
+    if metric not in ("score", "loss"):
+        raise HarnessError(f"unknown learning-curve metric '{metric}'; choose score or loss")
     curves = load_curves(run_dirs, results)
     if curves.empty:
         if curves_for is not None:
@@ -592,13 +629,20 @@ def _curves(run_dirs: list[Path], results: pd.DataFrame, curves_for: tuple[str, 
     if relabel:
         curves["model"] = curves["_label"]
     chance = results.groupby("task")["chance_score"].median().to_dict() if "chance_score" in results else None
+    memoryless = (results.groupby(["task", "length"])["memoryless_loss"].median().to_dict()
+                  if "memoryless_loss" in results else None)
+    suffix = "_loss" if metric == "loss" else ""
     if curves_for is not None:
         model, task = curves_for
-        fig = learning_curves_figure(curves, [(model, task)], chance)
-        return _save(fig, out, f"learning_curves_{_safe(model)}_{_safe(task)}", formats)
+        labels = sorted({m for m, t in zip(curves["model"], curves["task"])
+                         if t == task and (m == model or m.split(" ")[0] == model)})
+        fig = learning_curves_figure(curves, [(label, task) for label in labels] or [(model, task)], chance,
+                                     metric, memoryless)
+        return _save(fig, out, f"learning_curves_{_safe(model)}_{_safe(task)}{suffix}", formats)
     if curves.empty:
         return []
-    return _save(learning_curves_figure(curves, None, chance), out, "learning_curves", formats)
+    return _save(learning_curves_figure(curves, None, chance, metric, memoryless), out,
+                 f"learning_curves{suffix}", formats)
 
 
 def _facets(results: pd.DataFrame, names: list[str], facet: str, out: Path, formats: tuple[str, ...]) -> list[Path]:

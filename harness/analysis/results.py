@@ -35,7 +35,7 @@ from harness.runs.settings import identity_settings
 KEY = [*TRIAL_KEY, "config_id"]
 _RUN = "_run"  # index of the run folder a row came from (later folders win)
 NUMERIC = ("score", "loss", "val_score", "val_loss", "best_val_score", "best_score", "chance_score",
-           "memoryless_loss", "steps_to_solve", "steps", "max_steps", "train_seconds", "seconds_per_step",
+           "memoryless_loss", "steps_to_solve", "steps", "budget", "max_steps", "train_seconds", "seconds_per_step",
            "trial_seconds", "threshold", "params", "hidden_size")
 
 

@@ -201,7 +201,8 @@ def plot(args: argparse.Namespace) -> int:
         curves_for = (model, task)
     dirs = [_existing_run_dir(d) for d in args.run_dirs]
     paths = plot_runs(dirs, out_dir=Path(args.out) if args.out else None, formats=tuple(args.formats or ("png",)),
-                      curves_for=curves_for, select=args.select, facet=args.facet, criterion=args.criterion)
+                      curves_for=curves_for, select=args.select, facet=args.facet, criterion=args.criterion,
+                      metric=args.metric)
     for path in paths:
         print(path)
     return 0

@@ -118,7 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", metavar="DIR", help="where to write figures (default: the first RUN_DIR)")
     plot.add_argument("--format", action="append", dest="formats", choices=("png", "svg", "pdf"),
                       help="file format; repeatable (default: png)")
-    plot.add_argument("--curves", metavar="MODEL:TASK", help="learning curves for this pair only")
+    plot.add_argument("--curves", metavar="MODEL:TASK", help="learning curves for this pair only (every "
+                      "setting of the model with --select all)")
+    plot.add_argument("--metric", choices=("score", "loss"), default="score",
+                      help="learning curves of the validation score (mean over seeds), or of the loss (every "
+                      "seed, log axis, the memoryless loss dashed) (default: score)")
     plot.add_argument("--facet", metavar="SETTING", help="one panel per value of this setting or option "
                       "(e.g. lr, or model:forget_bias) instead of the selected setting")
 

@@ -21,7 +21,7 @@ from harness.registry.entries import Entry, Registry
 from harness.runs import options as O
 from harness.runs import settings as S
 from harness.runs.config import SweepConfig
-from harness.runs.spec import Key, TrialSpec, config_id, options_from_row, values_from_row
+from harness.runs.spec import Key, TrialSpec, config_id, options_from_row, training_budget, values_from_row
 
 
 @dataclass
@@ -273,7 +273,7 @@ def check_resume(plan: SweepPlan, rows: list[dict[str, Any]], trains: bool = Tru
     """
     if not rows:
         return
-    problems = _unmatched(plan, rows) if trains else []
+    problems = _unmatched(plan, rows) + _other_budgets(plan, rows) if trains else []
     for setting in S.identity_settings():
         for task in plan.tasks:
             before = {repr(values_from_row(r)[setting.name]) for r in rows if r["task"] == task}
@@ -303,6 +303,28 @@ def _unmatched(plan: SweepPlan, rows: list[dict[str, Any]]) -> list[str]:
         if before and now and not now <= before:
             problems.append(f"{setting.cli_flag} {_show(before)} -> {_show(now)}")
     return problems
+
+
+def _other_budgets(plan: SweepPlan, rows: list[dict[str, Any]]) -> list[str]:
+    """Rows this command would reuse although they trained for another budget than it gives at their T.
+
+    The budget rule (``--steps-growth``/``--steps-from``) is not part of a trial's identity, so that a
+    search extended beyond a finished one keeps its trials; rows above the new ``--steps-from`` that
+    were trained without the rule (or with another) must therefore be caught here."""
+    if not plan.specs:
+        return []
+    growth, start = plan.specs[0].steps_growth, plan.specs[0].steps_from
+    for row in rows:
+        values = values_from_row(row)
+        if not isinstance(values["max_steps"], int) or not isinstance(values["eval_every"], int):
+            continue
+        expected = training_budget(values["max_steps"], int(row["length"]), values["eval_every"], growth, start)
+        raw = row.get("budget")
+        recorded = int(float(str(raw))) if _given(raw) else values["max_steps"]  # rows older than the column
+        if recorded != expected:
+            return [f"{row['model']} {row['task']} T={row['length']} was trained for {recorded} steps, this "
+                    f"command's budget there is {expected} (--steps-growth {growth:g} --steps-from {start})"]
+    return []
 
 
 def _given(raw: Any) -> bool:

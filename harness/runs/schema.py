@@ -23,6 +23,7 @@ OUTCOME_COLUMNS = (
     "solved",            # test score >= threshold
     "steps_to_solve",    # evaluation step at which the validation score reached the threshold (training stops)
     "steps",             # training steps taken
+    "budget",            # steps the trial could take: --steps, grown above --steps-from by --steps-growth
     "train_seconds",     # wall time spent in training steps only
     "seconds_per_step",
     "trial_seconds",     # wall time of the whole trial (data, evaluation and bookkeeping included)

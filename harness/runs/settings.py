@@ -14,9 +14,10 @@ Roles:
 * ``trial``: how one trial trains. Recorded in every result row; part of the trial's identity
   (unless ``identity=False``, for settings that change what is measured but not the numbers);
   with ``axis=True`` a list of values makes an axis of the sweep (``--lr 1e-3,1e-2``). A setting
-  with ``must_match=True`` (``threads``) changes the last digits but is not part of the identity, so
-  folders written before it was recorded keep theirs; a resume that would train new trials with
-  another value than the folder's rows record is refused (:func:`harness.runs.plan.check_resume`);
+  with ``must_match=True`` (``threads``; the budget rule ``steps_growth``/``steps_from``, which
+  leaves every trial at T <= ``steps_from`` as it was) is not part of the identity, so folders
+  written before it was recorded keep theirs; a resume that would train new trials with another
+  value than the folder's rows record is refused (:func:`harness.runs.plan.check_resume`);
 * ``run``: how the sweep executes (workers, executor, output folder): never changes a number;
 * ``search``: the adaptive length search of ``harness horizon``.
 """
@@ -305,6 +306,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_steps", positive_int, None, "training budget in steps (a trial may stop earlier: "
             "--early-stop); one value, a list (an axis), or per task: recall=1000,adding=3000", TRIAL,
             metavar="N|TASK=N,...", axis=True, per_task=True, flag="--steps", key="steps", example=7),
+    Setting("steps_growth", non_negative_float, 0.0, "for trials longer than --steps-from, the budget grows by "
+            "this fraction of --steps per doubling of T (0.5: 1500 steps at T = 1000 become 2250 at 2000 and 3000 "
+            "at 4000), rounded up to whole evaluation intervals; each row records its budget", TRIAL, example=0.5,
+            identity=False, must_match=True),
+    Setting("steps_from", positive_int, 1000, "the length T above which --steps-growth adds to the budget",
+            TRIAL, metavar="T", identity=False, must_match=True, example=500),
     Setting("batch_size", positive_int, 64, "training batch size", TRIAL, metavar="N", axis=True, example=9),
     Setting("hidden_size", positive_int, 128, "hidden units H (ignored with --params)", TRIAL,
             metavar="N", axis=True, example=11),

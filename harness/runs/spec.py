@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,18 @@ def config_id(values: Mapping[str, Any], model_options: Mapping[str, Any], task_
     text = json.dumps({"settings": identity, "model_options": dict(model_options),
                        "task_options": dict(task_options)}, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def training_budget(max_steps: int, length: int, eval_every: int, growth: float, start: int) -> int:
+    """``max_steps`` at T <= ``start``; above it, ``max_steps`` × (1 + ``growth`` × log2(T / ``start``)),
+    rounded up to whole evaluation intervals. Steps to solve a memory task grow with T (about
+    logarithmically in the long-horizon reference), so a fixed budget would end a length search at
+    the budget rather than at the model's memory; trials at T <= ``start`` keep their budget and
+    identity, so a search extended beyond a finished one reuses its trials."""
+    if growth <= 0 or length <= start:
+        return max_steps
+    grown = max_steps * (1.0 + growth * math.log2(length / start))
+    return max(max_steps, math.ceil(grown / eval_every - 1e-9) * eval_every)
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,11 @@ class TrialSpec:
         return TrialSpec.build(grid.get("model", self.model), grid.get("task", self.task),
                                grid.get("length", self.length), grid.get("seed", self.seed), values,
                                self.model_options, self.task_options, self.axes)
+
+    @property
+    def budget(self) -> int:
+        """The trial's training budget in steps: ``max_steps``, grown for T above ``steps_from``."""
+        return training_budget(self.max_steps, self.length, self.eval_every, self.steps_growth, self.steps_from)
 
     @property
     def config_id(self) -> str:

@@ -143,7 +143,7 @@ class SweepOutcome:
 
 def longest_first(specs: list[TrialSpec]) -> list[TrialSpec]:
     """Longest trials first (length × budget as the cost), so no worker idles long at the end."""
-    return sorted(specs, key=lambda s: s.length * s.max_steps, reverse=True)
+    return sorted(specs, key=lambda s: s.length * s.budget, reverse=True)
 
 
 class Recorder:

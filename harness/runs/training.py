@@ -187,7 +187,7 @@ class Training:
         self.task = build_task(spec)
         self.model = build_model(spec, self.task).to(self.device)
         core = self.model.core
-        row.update(chance_score=self.task.chance_score, memoryless_loss=self.task.memoryless_loss,
+        row.update(budget=spec.budget, chance_score=self.task.chance_score, memoryless_loss=self.task.memoryless_loss,
                    sequence_length=self.task.sequence_length, params=count_parameters(self.model),
                    task_criterion=str(getattr(self.task, "horizon_criterion", "")),
                    implementation=str(getattr(core, "implementation", "") or ""),
@@ -217,7 +217,7 @@ class Training:
         train_seconds, loss_sum, losses_since_eval, best = 0.0, None, 0, -math.inf
         synchronize(self.device)
         tick = time.perf_counter()
-        for step in range(1, spec.max_steps + 1):
+        for step in range(1, spec.budget + 1):
             detached = self.step()
             _heartbeat()
             loss_sum = detached if loss_sum is None else loss_sum + detached
@@ -226,7 +226,7 @@ class Training:
                 train_seconds += self._pause(tick)
                 gradients.measure(step, str(step))
                 tick = time.perf_counter()
-            if step % spec.eval_every and step != spec.max_steps:
+            if step % spec.eval_every and step != spec.budget:
                 continue
             train_seconds += self._pause(tick)
             row.update(steps=step, train_seconds=round(train_seconds, 4), seconds_per_step=train_seconds / step)

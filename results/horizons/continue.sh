@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The parts of the long-horizon reference still being measured (README, "How far back do they
+# remember?"). Each command resumes its folder: run this again to continue, on any machine; trials
+# already in a folder are read back, not trained. On a machine with many cores pass the executor:
+#   bash results/horizons/continue.sh --executor ray --workers 16
+# When a part is complete it moves to reproduce.sh (which must train nothing on a fresh clone).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# Parts 1 and 2 beyond T = 1000: the same folders and settings; the budget grows above T = 1000.
+frontier=(--max-length 10000 --steps-growth 0.5 --steps-from 1000)
+harness horizon --config results/horizons/unidirectional.toml "${frontier[@]}" "$@"
+harness horizon --config results/horizons/bidirectional.toml "${frontier[@]}" "$@"
+harness horizon --config results/horizons/modern.toml "$@"
+harness report results/horizons/unidirectional results/horizons/bidirectional results/horizons/modern \
+    > results/horizons/report.md
+harness plot results/horizons/unidirectional results/horizons/bidirectional results/horizons/modern \
+    --out results/horizons
