@@ -128,3 +128,43 @@ def test_the_committed_horizon_reference_resumes_with_nothing_to_train(part, tmp
     assert main(["horizon", "--config", str(config), "--quiet", "--no-plot"]) == 0
     trials = json.loads((folder / part / "run.json").read_text())["trials"]
     assert trials["ran"] == 0 and trials["skipped"] == trials["planned"] > 0
+
+
+def _continued_parts() -> list[tuple[str, list[str]]]:
+    """The (config, extra arguments) of every `harness horizon` command in results/horizons/continue.sh."""
+    script = (ROOT / "results" / "horizons" / "continue.sh").read_text()
+    frontier = re.search(r"^frontier=\((.*)\)$", script, re.M)
+    extra = frontier.group(1).split() if frontier else []
+    parts = []
+    for line in script.splitlines():
+        found = re.match(r"harness horizon --config (\S+)(.*)$", line.strip())
+        if found:
+            parts.append((found.group(1), extra if "${frontier[@]}" in found.group(2) else []))
+    return parts
+
+
+def test_the_parts_still_running_plan_every_built_in_model_and_keep_their_trials(tmp_path):
+    """continue.sh: every part is a valid search; together they cover every built-in model on recall,
+    adding, copy, selective copy and MQAR; the frontier reruns parts 1 and 2 (same folders, larger
+    --max-length), so their finished trials are read back, not trained again."""
+    from harness.cli.commands import sweep_config
+    from harness.cli.parser import build_parser
+    from harness.runs.horizon import plan_search
+    from harness.runs.settings import GRID, RUN, SEARCH, TRIAL
+
+    parts = _continued_parts()
+    assert {config for config, _ in parts} >= {"results/horizons/unidirectional.toml",
+                                               "results/horizons/bidirectional.toml"}
+    covered: dict[str, set[str]] = {}
+    for config, extra in parts:
+        args = build_parser().parse_args(["horizon", "--config", str(ROOT / config), *extra])
+        plan = plan_search(sweep_config(args, (GRID, TRIAL, RUN, SEARCH), search=True))
+        if extra:
+            assert plan.specs[0].steps_growth > 0 and args.max_length == "10000"
+        for spec in plan.specs:
+            covered.setdefault(spec.task, set()).add(spec.model)
+    everything = set(BUILTIN_MODELS) - {"coupled"}  # an alias of cifg
+    for task in ("copy", "selective_copy", "mqar"):
+        assert covered[task] == everything, task
+    for task in ("recall", "adding"):
+        assert covered[task] == everything, task

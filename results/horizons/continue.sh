@@ -11,7 +11,8 @@ frontier=(--max-length 10000 --steps-growth 0.5 --steps-from 1000)
 harness horizon --config results/horizons/unidirectional.toml "${frontier[@]}" "$@"
 harness horizon --config results/horizons/bidirectional.toml "${frontier[@]}" "$@"
 harness horizon --config results/horizons/modern.toml "$@"
-harness report results/horizons/unidirectional results/horizons/bidirectional results/horizons/modern \
-    > results/horizons/report.md
-harness plot results/horizons/unidirectional results/horizons/bidirectional results/horizons/modern \
-    --out results/horizons
+harness horizon --config results/horizons/copy.toml "$@"
+harness horizon --config results/horizons/selective.toml "$@"
+parts=(results/horizons/{unidirectional,bidirectional,modern,copy,selective})
+harness report "${parts[@]}" > results/horizons/report.md
+harness plot "${parts[@]}" --out results/horizons
