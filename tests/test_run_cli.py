@@ -79,6 +79,11 @@ def test_growing_the_grid_in_the_same_folder_runs_only_new_trials(tmp_path):
     meta = json.loads((out / "run.json").read_text())
     assert meta["trials"]["ran"] == 4 and meta["settings"]["max_steps"] == [20]
     assert len(meta["invocations"]) == 3
+    # each command's own record: where it ran, how, how long, how many trials it trained
+    assert [i["trials_ran"] for i in meta["invocations"]] == [4, 4, 4]
+    for one in meta["invocations"]:
+        assert one["execution"]["executor"] == "local" and one["device"]["cores"] >= 1
+        assert one["wall_seconds"] > 0 and one["finished_at"] >= one["started_at"]
     assert run_cli("--models", "lstm", "--task", "adding", *TINY, "--steps", "30", "--out", str(out)) == 2
 
 

@@ -224,10 +224,14 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
         executor.close()
         recorder.close()
         folder.store.close()
-    metadata.update(finished_at=now(), wall_seconds=round(time.perf_counter() - started, 2),
-                    interrupted=interrupted.args[0] if interrupted else None,
-                    trials={"planned": len(plan.specs), "ran": recorder.ran, "skipped": skipped,
-                            "failed": len(recorder.failed)})
+    trials = {"planned": len(plan.specs), "ran": recorder.ran, "skipped": skipped, "failed": len(recorder.failed)}
+    wall_seconds = round(time.perf_counter() - started, 2)
+    # each command's own record: a folder resumed on several machines says where each part ran and how long
+    metadata["invocations"][-1].update(finished_at=now(), wall_seconds=wall_seconds, trials_ran=recorder.ran,
+                                       device=metadata["device"], execution=metadata["execution"],
+                                       interrupted=interrupted.args[0] if interrupted else None)
+    metadata.update(finished_at=now(), wall_seconds=wall_seconds,
+                    interrupted=interrupted.args[0] if interrupted else None, trials=trials)
     write_json(folder.path / "run.json", metadata)
     return SweepOutcome(folder.store, recorder.ran, skipped, recorder.failed, interrupted)
 
