@@ -102,15 +102,14 @@ class CellLoop(nn.Module):
     @property
     def implementation(self) -> str:
         """How the cell computes its step: the cell's own ``implementation`` (e.g. ``"fused-cpu"``,
-        ``"eager: HARNESS_FUSED=0"``); for a cell that does not say, ``"graph-loop"`` (the step's
-        traced forward and backward graphs run as TorchScript loops over the sequence), ``"eager"``
-        (the graph loop is switched off) or ``"eager: <why>"`` (the step could not be traced). Before
-        the first forward pass, what the next one will try; after it, what ran."""
+        ``"eager: HARNESS_FUSED=0"``); for a cell that does not say, what the last forward pass ran:
+        ``"graph-loop"`` (the step's traced forward and backward graphs as TorchScript loops over the
+        sequence, :mod:`harness.step_graphs`), ``"eager: <why>"`` (the step could not run so) or
+        ``"eager"`` (the graph loop switched off, ``keep_states``, or no forward pass yet: the graph
+        loop is chosen at the first one, when the step is traced for the inputs' shapes)."""
         if _declares_implementation(self.cell):
             return str(self.cell.implementation)
-        if self._ran is not None:
-            return self._ran
-        return "graph-loop" if self._graph_loop_on() else "eager"
+        return self._ran if self._ran is not None else "eager"
 
     def _graph_loop_on(self) -> bool:
         return self.graph_loop and os.environ.get("HARNESS_GRAPH_LOOP", "1") != "0"

@@ -97,6 +97,7 @@ class StepProgram:
     param_grads: list[bool]  # which parameters get a gradient (others are unused by the step)
     grad_order: list[int]  # the parameters whose gradients ``backward`` returns, in its order
     source: str  # the generated TorchScript, for inspection
+    into_states: bool  # the forward loop writes h_t into its argument ``states`` (else only into its list)
     ih: int = 0  # the positions of W_ih and W_hh among the parameters
     hh: int = 1
 
@@ -105,7 +106,7 @@ def derive(cell: nn.Module, state: State, gates_width: int) -> StepProgram:
     """Trace, partition and compile ``cell.step`` for states like ``state``; raises :class:`Untraceable`."""
     try:
         graph, counts = _trace(cell, state, gates_width)
-        source, saved, param_grads, grad_order = _generate(graph, counts)
+        source, saved, param_grads, grad_order, into_states = _generate(graph, counts)
         unit = torch.jit.CompilationUnit(source)
     except Untraceable:
         raise
@@ -113,7 +114,7 @@ def derive(cell: nn.Module, state: State, gates_width: int) -> StepProgram:
         raise Untraceable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]) from exc
     names = [n for n, _ in cell.named_parameters()]
     return StepProgram(unit.forward_loop, unit.backward_loop, len(state), saved, param_grads, grad_order, source,
-                       names.index("weight_ih"), names.index("weight_hh"))
+                       into_states, names.index("weight_ih"), names.index("weight_hh"))
 
 
 def _trace(cell: nn.Module, state: State, gates_width: int) -> tuple[fx.Graph, dict[str, int]]:
@@ -155,7 +156,7 @@ def _trace(cell: nn.Module, state: State, gates_width: int) -> tuple[fx.Graph, d
 # Partition and code generation
 
 
-def _generate(graph: fx.Graph, counts: dict[str, int]) -> tuple[str, int, list[bool], list[int]]:
+def _generate(graph: fx.Graph, counts: dict[str, int]) -> tuple[str, int, list[bool], list[int], bool]:
     n_p, n_b, n_s = counts["params"], counts["buffers"], counts["state"]
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     (output,) = [n for n in graph.nodes if n.op == "output"]
@@ -315,12 +316,18 @@ def _generate(graph: fx.Graph, counts: dict[str, int]) -> tuple[str, int, list[b
 
     p_args = [f"{names[n]}: Tensor" for n in p_nodes + b_nodes]
     s_vars = [names[n] for n in s_nodes]
-    lines = ["def forward_loop(xs: List[Tensor], w: Tensor, "
+    lines = ["def forward_loop(xs: List[Tensor], w: Tensor, states: Tensor, "
              + ", ".join([f"{s}: Tensor" for s in s_vars] + p_args)
              + ") -> Tuple[List[Tensor], " + ", ".join(["Tensor"] * n_s + ["List[Tensor]"] * len(saved)) + "]:"]
     lines += block(consts_fwd, "    ")
     fwd_buffers = temporaries(fwd_nodes, {*saved, *[o for o in f_outs if isinstance(o, fx.Node)], gates_node}, "tb")
     lines += allocate(fwd_buffers)
+    # h_t is written into its row of ``states`` (T, B, H) where the step makes it with an out= variant
+    h_out = f_outs[0]
+    into_states = (isinstance(h_out, fx.Node) and h_out in fwd_nodes and _bufferable(h_out)
+                   and f_outs.count(h_out) == 1 and h_out not in fwd_buffers)
+    if into_states:
+        fwd_buffers[h_out] = "states[t]"
     lines.append("    hs: List[Tensor] = []")
     lines += [f"    s_{i}: List[Tensor] = []" for i in range(len(saved))]
     lines.append("    for t in range(len(xs)):")
@@ -388,7 +395,7 @@ def _generate(graph: fx.Graph, counts: dict[str, int]) -> tuple[str, int, list[b
     for i, item in deferred.items():
         lines += _epilogue(i, item, lists, names, statement)
     lines.append("    return " + ", ".join(returns))
-    return "\n".join(lines) + "\n", len(saved), param_grads, [*accumulated, *deferred]
+    return "\n".join(lines) + "\n", len(saved), param_grads, [*accumulated, *deferred], into_states
 
 
 def _epilogue(index: int, item: _Deferred, lists: dict[tuple[int, int], str], names: dict[fx.Node, str],
@@ -755,10 +762,11 @@ def _run_forward(program: StepProgram, inputs: torch.Tensor, bias: torch.Tensor,
     rows = inputs.transpose(0, 1).reshape(length * batch, features)  # time-major rows, for dW_ih too
     projected = torch.addmm(bias, rows, weight_ih.t())  # W_ih x_t + b for every step: one product
     xs = list(projected.view(length, batch, -1).unbind(0))
+    states = state[0].new_empty(length, *state[0].shape)
     with torch.jit.optimized_execution(False):  # run the loops as generated (see StepProgram)
-        result = program.forward(xs, weight_hh.t(), *state, *params)
+        result = program.forward(xs, weight_hh.t(), states, *state, *params)
     hs = result[0]
-    return hs, torch.stack(hs), rows, result[1 + n_s:]
+    return hs, states if program.into_states else torch.stack(hs), rows, result[1 + n_s:]
 
 
 def _eager_backward(eager: Callable[..., Any], needs: Sequence[bool], inputs: Sequence[torch.Tensor],
