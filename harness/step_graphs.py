@@ -157,125 +157,144 @@ def _trace(cell: nn.Module, state: State, gates_width: int) -> tuple[fx.Graph, d
 
 
 def _generate(graph: fx.Graph, counts: dict[str, int]) -> tuple[str, int, list[bool], list[int], bool]:
-    n_p, n_b, n_s = counts["params"], counts["buffers"], counts["state"]
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    (output,) = [n for n in graph.nodes if n.op == "output"]
-    p_nodes, b_nodes = placeholders[:n_p], placeholders[n_p:n_p + n_b]
-    gates_node = placeholders[n_p + n_b]
-    s_nodes = placeholders[n_p + n_b + 1:n_p + n_b + 1 + n_s]
-    t_nodes = placeholders[n_p + n_b + 1 + n_s:]
+    """The TorchScript source of both loops, the number of saved lists, which parameters get gradients,
+    the order of the parameter gradients ``backward_loop`` returns, and whether h_t goes into ``states``."""
+    gen = _Generator(graph, counts)
+    source = gen.forward_source() + "\n" + gen.backward_source()
+    return source, len(gen.saved), gen.param_grads, [*gen.accumulated, *gen.deferred], gen.into_states
 
-    for node in graph.nodes:
-        if node.op == "get_attr":
-            raise Untraceable("the step uses a tensor constant")
-        if node.op == "call_function" and node.target is not operator.getitem:
-            if not isinstance(node.target, torch._ops.OpOverload):
-                raise Untraceable(f"the traced step calls {node.target}")
-            if node.target._schema.is_mutable:
-                raise Untraceable(f"the traced step mutates a tensor ({node.target})")
 
-    # simplifications: identities, and *_like factories as constants of the traced shape
-    for node in list(graph.nodes):
-        if node.op != "call_function":
-            continue
-        if node.target in _IDENTITY:
-            node.replace_all_uses_with(node.args[0])
-            graph.erase_node(node)
-        elif node.target in _LIKE:
-            val = node.meta.get("val")
-            if not isinstance(val, torch.Tensor):
-                raise Untraceable("no shape recorded for a factory")
-            with graph.inserting_before(node):
-                full = graph.call_function(aten.full.default, (list(val.shape), _LIKE[node.target]),
-                                           {"dtype": val.dtype, "device": val.device})
-            full.meta["val"] = val
-            node.replace_all_uses_with(full)
-            graph.erase_node(node)
-    _rsub(graph)
-    _split(graph)
-    graph.eliminate_dead_code()
-    _cse(graph)
-    constant = set(p_nodes + b_nodes)
-    for node in graph.nodes:  # nodes computed from parameters and buffers alone (not random)
-        if (node.op == "call_function" and all(a in constant for a in node.all_input_nodes)
-                and not _seeded(node)):
-            constant.add(node)
-    _fold_scale(graph, constant)
-    _addcmul(graph)
-    graph.eliminate_dead_code()
-    _scalar_tensors(graph)
-    _cse(graph)
-    outs = list(output.args[0])
-    f_outs, d_gates, d_state, d_params = outs[:n_s], outs[n_s], outs[n_s + 1:2 * n_s + 1], outs[2 * n_s + 1:]
+class _Generator:
+    """The joint graph simplified and partitioned, and the source of the two loops written from it."""
 
-    phase: dict[fx.Node, int] = {}
-    for node in graph.nodes:
-        if node.op == "placeholder":
-            phase[node] = (CONST if node in p_nodes or node in b_nodes else
-                           BACKWARD if node in t_nodes else FORWARD)
-        elif node.op == "call_function":
-            inputs = [phase[a] for a in node.all_input_nodes]
-            phase[node] = max([CONST, *inputs, FORWARD if _seeded(node) else CONST])
+    def __init__(self, graph: fx.Graph, counts: dict[str, int]) -> None:
+        n_p, n_b, n_s = counts["params"], counts["buffers"], counts["state"]
+        self.graph, self.n_s = graph, n_s
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        (self.output,) = [n for n in graph.nodes if n.op == "output"]
+        self.p_nodes, self.b_nodes = placeholders[:n_p], placeholders[n_p:n_p + n_b]
+        self.gates_node = placeholders[n_p + n_b]
+        self.s_nodes = placeholders[n_p + n_b + 1:n_p + n_b + 1 + n_s]
+        self.t_nodes = placeholders[n_p + n_b + 1 + n_s:]
+        self._simplify()
+        self.outs = outs = list(self.output.args[0])
+        self.f_outs, self.d_gates = outs[:n_s], outs[n_s]
+        self.d_state, self.d_params = outs[n_s + 1:2 * n_s + 1], outs[2 * n_s + 1:]
+        self.names = {node: f"v_{node.name}" for node in graph.nodes}
+        self._partition()
 
-    # parameter gradients: deferred to one product or sum after the loop where possible
-    deferred: dict[int, _Deferred] = {}
-    for index, grad in enumerate(d_params):
-        if isinstance(grad, fx.Node) and phase[grad] == BACKWARD:
-            found = _defer(grad, phase, output)
-            if found is not None:
-                deferred[index] = found
-    param_grads = [isinstance(g, fx.Node) and not (g.target is aten.full.default and g.args[1] == 0.0)
-                   for g in d_params]
+    def _simplify(self) -> None:
+        graph = self.graph
+        for node in graph.nodes:
+            if node.op == "get_attr":
+                raise Untraceable("the step uses a tensor constant")
+            if node.op == "call_function" and node.target is not operator.getitem:
+                if not isinstance(node.target, torch._ops.OpOverload):
+                    raise Untraceable(f"the traced step calls {node.target}")
+                if node.target._schema.is_mutable:
+                    raise Untraceable(f"the traced step mutates a tensor ({node.target})")
+        # identities, and *_like factories as constants of the traced shape
+        for node in list(graph.nodes):
+            if node.op != "call_function":
+                continue
+            if node.target in _IDENTITY:
+                node.replace_all_uses_with(node.args[0])
+                graph.erase_node(node)
+            elif node.target in _LIKE:
+                val = node.meta.get("val")
+                if not isinstance(val, torch.Tensor):
+                    raise Untraceable("no shape recorded for a factory")
+                with graph.inserting_before(node):
+                    full = graph.call_function(aten.full.default, (list(val.shape), _LIKE[node.target]),
+                                               {"dtype": val.dtype, "device": val.device})
+                full.meta["val"] = val
+                node.replace_all_uses_with(full)
+                graph.erase_node(node)
+        _rsub(graph)
+        _split(graph)
+        graph.eliminate_dead_code()
+        _cse(graph)
+        constant = set(self.p_nodes + self.b_nodes)
+        for node in graph.nodes:  # nodes computed from parameters and buffers alone (not random)
+            if (node.op == "call_function" and all(a in constant for a in node.all_input_nodes)
+                    and not _seeded(node)):
+                constant.add(node)
+        _fold_scale(graph, constant)
+        _addcmul(graph)
+        graph.eliminate_dead_code()
+        _scalar_tensors(graph)
+        _cse(graph)
 
-    names = {node: f"v_{node.name}" for node in graph.nodes}
+    def _partition(self) -> None:
+        phase: dict[fx.Node, int] = {}
+        for node in self.graph.nodes:
+            if node.op == "placeholder":
+                phase[node] = (CONST if node in self.p_nodes or node in self.b_nodes else
+                               BACKWARD if node in self.t_nodes else FORWARD)
+            elif node.op == "call_function":
+                inputs = [phase[a] for a in node.all_input_nodes]
+                phase[node] = max([CONST, *inputs, FORWARD if _seeded(node) else CONST])
+        self.phase = phase
+        # parameter gradients: deferred to one product or sum after the loop where possible
+        self.deferred: dict[int, _Deferred] = {}
+        for index, grad in enumerate(self.d_params):
+            if isinstance(grad, fx.Node) and phase[grad] == BACKWARD:
+                found = _defer(grad, phase, self.output)
+                if found is not None:
+                    self.deferred[index] = found
+        self.param_grads = [isinstance(g, fx.Node) and not (g.target is aten.full.default and g.args[1] == 0.0)
+                            for g in self.d_params]
+        # backward loop: roots are the gradients the loop carries or keeps
+        self.accumulated = [i for i, g in enumerate(self.d_params) if self.param_grads[i] and i not in self.deferred]
+        roots: list[fx.Node] = [self.d_gates, *self.d_state, *(self.d_params[i] for i in self.accumulated)]
+        for item in self.deferred.values():
+            roots += item.operands
+        bwd_nodes = self._needed(roots, BACKWARD)
+        saved = [n for n in self.graph.nodes if phase.get(n) == FORWARD and n.op != "output"
+                 and (any(u in bwd_nodes for u in n.users) or n in roots)]
+        # pointwise forward nodes that the backward can compute from what it has are recomputed there rather
+        # than saved: at these sizes writing and reading a saved tensor costs about as much as the operation
+        recomputed: list[fx.Node] = []
+        changed = True
+        while changed:
+            changed = False
+            for node in list(saved):
+                have = set(saved) | set(recomputed)
+                if (node.op == "call_function" and node.target is not operator.getitem and not _seeded(node)
+                        and torch.Tag.pointwise in node.target.tags
+                        and all(phase[a] == CONST or (a in have and a is not node) for a in node.all_input_nodes)):
+                    saved.remove(node)
+                    recomputed.append(node)
+                    changed = True
+        self.bwd_nodes = [n for n in self.graph.nodes if n in set(bwd_nodes) | set(recomputed)]
+        # h_{t-1} is the previous step's output, which the forward loop keeps anyway
+        self.h_prev = self.s_nodes[0] in saved
+        if self.h_prev:
+            saved.remove(self.s_nodes[0])
+        self.saved = saved
+        epilogue = [a for item in self.deferred.values() for n in item.chain for a in n.all_input_nodes]
+        self.consts_bwd = self._needed(roots + epilogue + [a for n in self.bwd_nodes for a in n.all_input_nodes],
+                                       CONST)
+        self.fwd_nodes = self._needed([*self.f_outs, *saved], FORWARD)
+        self.consts_fwd = self._needed(self.f_outs + [a for n in self.fwd_nodes for a in n.all_input_nodes], CONST)
 
-    def needed(roots: Sequence[fx.Node], stop: Callable[[fx.Node], bool]) -> list[fx.Node]:
-        """Nodes that ``roots`` read, not crossing nodes where ``stop`` holds, in graph order."""
+    def _needed(self, roots: Sequence[Any], within: int) -> list[fx.Node]:
+        """The nodes of phase ``within`` that ``roots`` read (transitively, inside that phase), in graph order."""
         seen: set[fx.Node] = set()
         stack = [r for r in roots if isinstance(r, fx.Node)]
         while stack:
             node = stack.pop()
-            if node in seen or stop(node):
+            if node in seen or self.phase[node] != within:
                 continue
             seen.add(node)
             stack.extend(node.all_input_nodes)
-        return [n for n in graph.nodes if n in seen]
+        return [n for n in self.graph.nodes if n in seen]
 
-    # backward loop: roots are the gradients the loop carries or keeps
-    accumulated = [i for i, g in enumerate(d_params) if param_grads[i] and i not in deferred]
-    bwd_roots: list[fx.Node] = [d_gates, *d_state, *(d_params[i] for i in accumulated)]
-    for item in deferred.values():
-        bwd_roots += item.operands
-    bwd_nodes = needed(bwd_roots, lambda n: phase[n] != BACKWARD)
-    saved = [n for n in graph.nodes if phase.get(n) == FORWARD and n.op != "output"
-             and (any(u in bwd_nodes for u in n.users) or n in bwd_roots)]
-    # pointwise forward nodes that the backward can compute from what it has are recomputed there rather
-    # than saved: at these sizes writing and reading a saved tensor costs about as much as the operation
-    recomputed: list[fx.Node] = []
-    changed = True
-    while changed:
-        changed = False
-        for node in list(saved):
-            have = set(saved) | set(recomputed)
-            if (node.op == "call_function" and node.target is not operator.getitem and not _seeded(node)
-                    and torch.Tag.pointwise in node.target.tags
-                    and all(phase[a] == CONST or (a in have and a is not node) for a in node.all_input_nodes)):
-                saved.remove(node)
-                recomputed.append(node)
-                changed = True
-    bwd_nodes = [n for n in graph.nodes if n in set(bwd_nodes) | set(recomputed)]
-    # h_{t-1} is the previous step's output, which the forward loop keeps anyway
-    h_prev = s_nodes[0] in saved
-    if h_prev:
-        saved.remove(s_nodes[0])
-    epilogue = [a for item in deferred.values() for n in item.chain for a in n.all_input_nodes]
-    consts_bwd = needed(bwd_roots + epilogue + [a for n in bwd_nodes for a in n.all_input_nodes],
-                        lambda n: phase[n] != CONST)
-    fwd_nodes = needed([*f_outs, *saved], lambda n: phase[n] != FORWARD)
-    consts_fwd = needed(f_outs + [a for n in fwd_nodes for a in n.all_input_nodes], lambda n: phase[n] != CONST)
+    # -- writing
 
-    def statement(node: fx.Node, into: str | None = None) -> str:
+    def statement(self, node: fx.Node, into: str | None = None) -> str:
         """The call of ``node``; with ``into``, its out= variant writing into that tensor."""
+        names = self.names
         if node.target is operator.getitem:
             return f"{names[node]} = {names[node.args[0]]}[{node.args[1]}]"
         op = node.target
@@ -289,113 +308,118 @@ def _generate(graph: fx.Graph, counts: dict[str, int]) -> tuple[str, int, list[b
         packet = op._overloadpacket
         return f"{names[node]} = torch.ops.{op.namespace}.{packet.__name__}({', '.join(args)})"
 
-    def block(nodes: Sequence[fx.Node], indent: str, buffers: dict[fx.Node, str] | None = None) -> list[str]:
+    def block(self, nodes: Sequence[fx.Node], indent: str, buffers: dict[fx.Node, str] | None = None) -> list[str]:
         buffers = buffers or {}
-        return [indent + statement(n, buffers.get(n)) for n in nodes if n.op == "call_function"]
+        return [indent + self.statement(n, buffers.get(n)) for n in nodes if n.op == "call_function"]
 
-    def temporaries(nodes: Sequence[fx.Node], escaping: set[fx.Node], prefix: str) -> dict[fx.Node, str]:
+    def temporaries(self, nodes: Sequence[fx.Node], escaping: set[fx.Node]) -> dict[fx.Node, str]:
         """One buffer per step-local result (written again at every step) for nodes whose values do not
         outlive the step: out= variants spare an allocation each, and the buffers stay in cache."""
         def escapes(node: fx.Node) -> bool:
             return node in escaping or any(_is_view(u) and escapes(u) for u in node.users)
-        return {n: f"{prefix}_{names[n]}" for n in nodes if _bufferable(n) and not escapes(n)}
+        return {n: f"tb_{self.names[n]}" for n in nodes if _bufferable(n) and not escapes(n)}
 
-    def allocate(buffers: dict[fx.Node, str], leading: str = "") -> list[str]:
+    def allocate(self, buffers: dict[fx.Node, str], leading: str = "") -> list[str]:
         out = []
         for node, buffer in buffers.items():
             val = node.meta["val"]
             shape = ", ".join([leading] * bool(leading) + [str(d) for d in val.shape])
-            out.append(f"    {buffer} = torch.empty([{shape}], dtype={_literal(val.dtype, names)}, "
-                       f"device={_literal(val.device, names)})")
+            out.append(f"    {buffer} = torch.empty([{shape}], dtype={_literal(val.dtype, self.names)}, "
+                       f"device={_literal(val.device, self.names)})")
         return out
 
-    def ref(node: Any) -> str:
+    def ref(self, node: Any) -> str:
         if not isinstance(node, fx.Node):
             raise Untraceable(f"a non-tensor output {node!r}")
-        return names[node]
+        return self.names[node]
 
-    p_args = [f"{names[n]}: Tensor" for n in p_nodes + b_nodes]
-    s_vars = [names[n] for n in s_nodes]
-    lines = ["def forward_loop(xs: List[Tensor], w: Tensor, states: Tensor, "
-             + ", ".join([f"{s}: Tensor" for s in s_vars] + p_args)
-             + ") -> Tuple[List[Tensor], " + ", ".join(["Tensor"] * n_s + ["List[Tensor]"] * len(saved)) + "]:"]
-    lines += block(consts_fwd, "    ")
-    fwd_buffers = temporaries(fwd_nodes, {*saved, *[o for o in f_outs if isinstance(o, fx.Node)], gates_node}, "tb")
-    lines += allocate(fwd_buffers)
-    # h_t is written into its row of ``states`` (T, B, H) where the step makes it with an out= variant
-    h_out = f_outs[0]
-    into_states = (isinstance(h_out, fx.Node) and h_out in fwd_nodes and _bufferable(h_out)
-                   and f_outs.count(h_out) == 1 and h_out not in fwd_buffers)
-    if into_states:
-        fwd_buffers[h_out] = "states[t]"
-    lines.append("    hs: List[Tensor] = []")
-    lines += [f"    s_{i}: List[Tensor] = []" for i in range(len(saved))]
-    lines.append("    for t in range(len(xs)):")
-    # in place: the rows xs[t] belong to the loop (the projected inputs, read by nothing else)
-    lines.append(f"        {names[gates_node]} = torch.ops.aten.addmm_(xs[t], {s_vars[0]}, w)")
-    lines += block(fwd_nodes, "        ", fwd_buffers)
-    lines += [f"        s_{i}.append({names[n]})" for i, n in enumerate(saved)]
-    lines.append(f"        {', '.join(s_vars)} = {', '.join(ref(o) for o in f_outs)}")
-    lines.append(f"        hs.append({s_vars[0]})")
-    lines.append("    return hs, " + ", ".join(s_vars + [f"s_{i}" for i in range(len(saved))]))
-    lines.append("")
+    def params(self) -> list[str]:
+        return [f"{self.names[n]}: Tensor" for n in self.p_nodes + self.b_nodes]
 
-    d_vars = [f"d_{i}" for i in range(n_s)]
-    acc = {i: f"acc_{i}" for i in accumulated}
-    lists = {(i, k): f"op_{i}_{k}" for i, item in deferred.items() for k in range(len(item.operands))}
-    returns = [*d_vars, *acc.values(), *(f"g_{i}" for i in deferred)]
-    lines.append("def backward_loop(steps: int, dhs: List[Tensor], has_dhs: bool, w: Tensor, dg_all: Tensor, "
+    def forward_source(self) -> str:
+        names, saved, f_outs, n_s = self.names, self.saved, self.f_outs, self.n_s
+        s_vars = [names[n] for n in self.s_nodes]
+        lines = ["def forward_loop(xs: List[Tensor], w: Tensor, states: Tensor, "
+                 + ", ".join([f"{s}: Tensor" for s in s_vars] + self.params())
+                 + ") -> Tuple[List[Tensor], " + ", ".join(["Tensor"] * n_s + ["List[Tensor]"] * len(saved)) + "]:"]
+        lines += self.block(self.consts_fwd, "    ")
+        buffers = self.temporaries(self.fwd_nodes, {*saved, *[o for o in f_outs if isinstance(o, fx.Node)],
+                                                    self.gates_node})
+        lines += self.allocate(buffers)
+        # h_t is written into its row of ``states`` (T, B, H) where the step makes it with an out= variant
+        h_out = f_outs[0]
+        self.into_states = (isinstance(h_out, fx.Node) and h_out in self.fwd_nodes and _bufferable(h_out)
+                            and f_outs.count(h_out) == 1 and h_out not in buffers)
+        if self.into_states:
+            buffers[h_out] = "states[t]"
+        lines.append("    hs: List[Tensor] = []")
+        lines += [f"    s_{i}: List[Tensor] = []" for i in range(len(saved))]
+        lines.append("    for t in range(len(xs)):")
+        # in place: the rows xs[t] belong to the loop (the projected inputs, read by nothing else)
+        lines.append(f"        {names[self.gates_node]} = torch.ops.aten.addmm_(xs[t], {s_vars[0]}, w)")
+        lines += self.block(self.fwd_nodes, "        ", buffers)
+        lines += [f"        s_{i}.append({names[n]})" for i, n in enumerate(saved)]
+        lines.append(f"        {', '.join(s_vars)} = {', '.join(self.ref(o) for o in f_outs)}")
+        lines.append(f"        hs.append({s_vars[0]})")
+        lines.append("    return hs, " + ", ".join(s_vars + [f"s_{i}" for i in range(len(saved))]))
+        return "\n".join(lines) + "\n"
+
+    def backward_source(self) -> str:
+        names, saved, deferred, outs, n_s = self.names, self.saved, self.deferred, self.outs, self.n_s
+        d_vars = [f"d_{i}" for i in range(n_s)]
+        acc = {i: f"acc_{i}" for i in self.accumulated}
+        returns = [*d_vars, *acc.values(), *(f"g_{i}" for i in deferred)]
+        lines = ["def backward_loop(steps: int, dhs: List[Tensor], has_dhs: bool, w: Tensor, dg_all: Tensor, "
                  "hs: List[Tensor], h0: Tensor, "
-                 + ", ".join([f"{d}: Tensor" for d in d_vars] + p_args
+                 + ", ".join([f"{d}: Tensor" for d in d_vars] + self.params()
                              + [f"s_{i}: List[Tensor]" for i in range(len(saved))])
-                 + ") -> Tuple[" + ", ".join(["Tensor"] * len(returns)) + "]:")
-    lines += block(consts_bwd, "    ")
-    lines += [f"    {a} = torch.zeros_like({names[p_nodes[i]]})" for i, a in acc.items()]
-    # deferred operands computed in the loop are written into their rows of one buffer per operand
-    in_rows = {n for item in deferred.values() for n in item.operands
-               if n in bwd_nodes and _bufferable(n) and n not in outs}
-    row_buffers = {n: f"ob_{names[n]}" for n in in_rows}
-    lines += allocate(row_buffers, "steps")
-    lists = {key: (f"{row_buffers[deferred[key[0]].operands[key[1]]]}.view([-1] + "
-                   f"{list(deferred[key[0]].operands[key[1]].meta['val'].shape[1:])})"
-                   if deferred[key[0]].operands[key[1]] in row_buffers else name) for key, name in lists.items()}
-    lines += [f"    {v}: List[Tensor] = []" for v in lists.values() if not v.startswith("ob_")]
-    loop_start = len(lines)
-    lines.append("    for i in range(steps):")
-    lines.append("        t = steps - 1 - i")
-    lines.append("        dg_t = dg_all[t]")
-    lines.append(f"        {names[t_nodes[0]]} = torch.ops.aten.add(d_0, dhs[t]) if has_dhs else d_0")
-    lines += [f"        {names[t_nodes[k]]} = d_{k}" for k in range(1, n_s)]
-    lines += [f"        {names[n]} = s_{i}[t]" for i, n in enumerate(saved)]
-    if h_prev:
-        lines.append(f"        {names[s_nodes[0]]} = hs[t - 1] if t > 0 else h0")
-    # the gates' gradient is written into its rows of dg_all: by the concatenation that makes it, if it is one
-    into = (isinstance(d_gates, fx.Node) and d_gates in bwd_nodes and _bufferable(d_gates)
-            and outs.count(d_gates) == 1 and d_gates not in row_buffers)
-    d_h = d_state[0]
-    fresh = (isinstance(d_h, fx.Node) and d_h in bwd_nodes and set(d_h.users) == {output} and outs.count(d_h) == 1
-             and _bufferable(d_h))
-    escaping = {n for n in outs if isinstance(n, fx.Node)} | {n for item in deferred.values() for n in item.operands}
-    bwd_buffers = {**temporaries(bwd_nodes, escaping, "tb"), **{n: f"{b}_t" for n, b in row_buffers.items()}}
-    if into:
-        bwd_buffers[d_gates] = "dg_t"
-    lines[loop_start:loop_start] = allocate({n: b for n, b in bwd_buffers.items() if b.startswith("tb_")})
-    lines += [f"        {b}_t = {b}[t]" for b in row_buffers.values()]
-    lines += block(bwd_nodes, "        ", bwd_buffers)
-    if not into:
-        lines.append(f"        dg_t.copy_({ref(d_gates)})")
-    lines += [f"        {a}.add_({ref(d_params[i])})" for i, a in acc.items()]
-    lines += [f"        {v}.append({names[deferred[i].operands[k]]})" for (i, k), v in lists.items()
-              if not v.startswith("ob_")]
-    # dh_{t-1} += dG_t W_hh, in place where the step's own dh_{t-1} is a fresh tensor that nothing else reads
-    new_d = [f"torch.ops.aten.addmm{'_' if fresh else ''}({ref(d_h)}, dg_t, w)"] + [ref(d) for d in d_state[1:]]
-    lines.append(f"        {', '.join(d_vars)} = {', '.join(new_d)}")
-    # the lists were appended backwards in time, the row buffers are in time order
-    lines += [f"    {v}.reverse()" for v in lists.values() if not v.startswith("ob_")]
-    for i, item in deferred.items():
-        lines += _epilogue(i, item, lists, names, statement)
-    lines.append("    return " + ", ".join(returns))
-    return "\n".join(lines) + "\n", len(saved), param_grads, [*accumulated, *deferred], into_states
+                 + ") -> Tuple[" + ", ".join(["Tensor"] * len(returns)) + "]:"]
+        lines += self.block(self.consts_bwd, "    ")
+        lines += [f"    {a} = torch.zeros_like({names[self.p_nodes[i]]})" for i, a in acc.items()]
+        # deferred operands computed in the loop are written into their rows of one buffer per operand
+        row_buffers = {n: f"ob_{names[n]}" for item in deferred.values() for n in item.operands
+                       if n in self.bwd_nodes and _bufferable(n) and n not in outs}
+        lines += self.allocate(row_buffers, "steps")
+        lists = {}
+        for i, item in deferred.items():
+            for k, node in enumerate(item.operands):
+                shape = list(node.meta["val"].shape[1:]) if node in row_buffers else None
+                lists[i, k] = f"{row_buffers[node]}.view([-1] + {shape})" if node in row_buffers else f"op_{i}_{k}"
+        lines += [f"    {v}: List[Tensor] = []" for v in lists.values() if not v.startswith("ob_")]
+        # the gates' gradient is written into its rows of dg_all by the operation that makes it, if it can
+        d_gates, d_h = self.d_gates, self.d_state[0]
+        into = (isinstance(d_gates, fx.Node) and d_gates in self.bwd_nodes and _bufferable(d_gates)
+                and outs.count(d_gates) == 1 and d_gates not in row_buffers)
+        fresh = (isinstance(d_h, fx.Node) and d_h in self.bwd_nodes and set(d_h.users) == {self.output}
+                 and outs.count(d_h) == 1 and _bufferable(d_h))
+        escaping = {n for n in outs if isinstance(n, fx.Node)} | {n for it in deferred.values() for n in it.operands}
+        buffers = {**self.temporaries(self.bwd_nodes, escaping), **{n: f"{b}_t" for n, b in row_buffers.items()}}
+        if into:
+            buffers[d_gates] = "dg_t"
+        lines += self.allocate({n: b for n, b in buffers.items() if b.startswith("tb_")})
+        lines += ["    for i in range(steps):", "        t = steps - 1 - i", "        dg_t = dg_all[t]"]
+        lines.append(f"        {names[self.t_nodes[0]]} = torch.ops.aten.add(d_0, dhs[t]) if has_dhs else d_0")
+        lines += [f"        {names[self.t_nodes[k]]} = d_{k}" for k in range(1, n_s)]
+        lines += [f"        {names[n]} = s_{i}[t]" for i, n in enumerate(saved)]
+        if self.h_prev:
+            lines.append(f"        {names[self.s_nodes[0]]} = hs[t - 1] if t > 0 else h0")
+        lines += [f"        {b}_t = {b}[t]" for b in row_buffers.values()]
+        lines += self.block(self.bwd_nodes, "        ", buffers)
+        if not into:
+            lines.append(f"        dg_t.copy_({self.ref(d_gates)})")
+        lines += [f"        {a}.add_({self.ref(self.d_params[i])})" for i, a in acc.items()]
+        lines += [f"        {v}.append({names[deferred[i].operands[k]]})" for (i, k), v in lists.items()
+                  if not v.startswith("ob_")]
+        # dh_{t-1} += dG_t W_hh, in place where the step's own dh_{t-1} is a fresh tensor that nothing else reads
+        new_d = [f"torch.ops.aten.addmm{'_' if fresh else ''}({self.ref(d_h)}, dg_t, w)"]
+        new_d += [self.ref(d) for d in self.d_state[1:]]
+        lines.append(f"        {', '.join(d_vars)} = {', '.join(new_d)}")
+        # the lists were appended backwards in time, the row buffers are in time order
+        lines += [f"    {v}.reverse()" for v in lists.values() if not v.startswith("ob_")]
+        for i, item in deferred.items():
+            lines += _epilogue(i, item, lists, names, self.statement)
+        lines.append("    return " + ", ".join(returns))
+        return "\n".join(lines) + "\n"
 
 
 def _epilogue(index: int, item: _Deferred, lists: dict[tuple[int, int], str], names: dict[fx.Node, str],
