@@ -22,12 +22,12 @@ from collections.abc import Callable
 
 import torch
 
-PATHS = ("graph", "_projected", "_concatenated")
+PATHS = ("forward", "_projected", "_concatenated")
 
 
 def _step(loop: torch.nn.Module, path: str, head: torch.nn.Linear, optimizer: torch.optim.Optimizer,
           inputs: torch.Tensor, targets: torch.Tensor) -> None:
-    last = loop(inputs)[1] if path == "graph" else getattr(loop, path)(inputs)[-1]
+    last = loop(inputs)[1] if path == "forward" else getattr(loop, path)(inputs)[-1]
     loss = torch.nn.functional.cross_entropy(head(last), targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--paths", default=",".join(PATHS),
-                        help="graph (CellLoop.forward: the graph loop where the cell has no implementation of its "
+                        help="forward (CellLoop.forward: the graph loop where the cell has no implementation of its "
                              "own), _projected (the eager loop), _concatenated (the former loop)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -73,7 +73,7 @@ def main() -> None:
         for path in args.paths.split(","):
             torch.manual_seed(0)
             loop = get_model(name).build(input_size=args.input_size, hidden_size=args.hidden_size)
-            if path == "graph":
+            if path == "forward":
                 loops[name] = loop
             head = torch.nn.Linear(args.hidden_size, 8)
             optimizer = torch.optim.Adam([*loop.parameters(), *head.parameters()])
@@ -96,7 +96,7 @@ def main() -> None:
               f"cpu {floor_cpu:5.1f}  x floor: wall {statistics.median(wall) / floor:4.2f} "
               f"cpu {statistics.median(cpu) / floor_cpu:4.2f}")
     for name in floors:
-        if "graph" in args.paths.split(","):
+        if "forward" in args.paths.split(","):
             print(f"{name}: CellLoop.forward ran {getattr(loops[name], 'implementation', '?')}")
         paths = args.paths.split(",")
         for first, second in zip(paths, paths[1:]):

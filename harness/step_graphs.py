@@ -293,7 +293,8 @@ class _Generator:
     # -- writing
 
     def statement(self, node: fx.Node, into: str | None = None) -> str:
-        """The call of ``node``; with ``into``, its out= variant writing into that tensor."""
+        """The call of ``node``; with ``into``, its out= variant writing into that tensor (``"self"``: its
+        in-place variant, writing into its first argument)."""
         names = self.names
         if node.target is operator.getitem:
             return f"{names[node]} = {names[node.args[0]]}[{node.args[1]}]"
@@ -303,10 +304,28 @@ class _Generator:
         args = [_literal(a, names, schema[i].type if i < len(schema) else None) for i, a in enumerate(node.args)]
         by_name = {arg.name: arg.type for arg in schema}
         args += [f"{k}={_literal(v, names, by_name.get(k))}" for k, v in node.kwargs.items()]
-        if into is not None:
+        if into is not None and into != "self":
             args.append(f"{_out_name(op)}={into}")
-        packet = op._overloadpacket
-        return f"{names[node]} = torch.ops.{op.namespace}.{packet.__name__}({', '.join(args)})"
+        name = op._overloadpacket.__name__ + ("_" if into == "self" else "")
+        return f"{names[node]} = torch.ops.{op.namespace}.{name}({', '.join(args)})"
+
+    def in_gates(self, saved: Sequence[fx.Node]) -> dict[fx.Node, str]:
+        """``addmm(g, a, b)`` of a column block ``g`` of the gates that nothing else reads, computed in place:
+        the gates are a row of the projected inputs, which belong to the loop (this spares a copy of ``g``)."""
+        gates = self.gates_node
+        blocks = list(gates.users)
+        if gates in saved or not all(u.target is aten.slice.Tensor and u.args[1] in (1, -1) and len(u.args) == 4
+                                     for u in blocks):
+            return {}
+        found = {}
+        for block in blocks:
+            (user,) = block.users if len(block.users) == 1 else (None,)
+            if (user is not None and user.target is aten.addmm.default and user.args[0] is block
+                    and block not in saved and _same(user, block)
+                    and all(other is block or other.args[3] <= block.args[2] or other.args[2] >= block.args[3]
+                            for other in blocks)):
+                found[user] = "self"
+        return found
 
     def block(self, nodes: Sequence[fx.Node], indent: str, buffers: dict[fx.Node, str] | None = None) -> list[str]:
         buffers = buffers or {}
@@ -343,22 +362,33 @@ class _Generator:
                  + ", ".join([f"{s}: Tensor" for s in s_vars] + self.params())
                  + ") -> Tuple[List[Tensor], " + ", ".join(["Tensor"] * n_s + ["List[Tensor]"] * len(saved)) + "]:"]
         lines += self.block(self.consts_fwd, "    ")
+        in_place = self.in_gates(saved)
         buffers = self.temporaries(self.fwd_nodes, {*saved, *[o for o in f_outs if isinstance(o, fx.Node)],
-                                                    self.gates_node})
+                                                    self.gates_node, *in_place})
         lines += self.allocate(buffers)
+        buffers.update(in_place)
         # h_t is written into its row of ``states`` (T, B, H) where the step makes it with an out= variant
         h_out = f_outs[0]
         self.into_states = (isinstance(h_out, fx.Node) and h_out in self.fwd_nodes and _bufferable(h_out)
                             and f_outs.count(h_out) == 1 and h_out not in buffers)
         if self.into_states:
-            buffers[h_out] = "states[t]"
+            buffers[h_out] = "state_rows[t]"
+            lines.append("    state_rows = states.unbind(0)")
         lines.append("    hs: List[Tensor] = []")
-        lines += [f"    s_{i}: List[Tensor] = []" for i in range(len(saved))]
+        # saved tensors that an operation makes go into rows of one buffer each (in time order, for the
+        # backward loop's reverse sweep), the others into lists
+        rows = {n: f"s_{i}" for i, n in enumerate(saved) if _bufferable(n) and n not in buffers}
+        for node, rows_name in rows.items():
+            val = node.meta["val"]
+            lines.append(f"    {rows_name} = torch.empty([len(xs)] + {list(val.shape)}, dtype="
+                         f"{_literal(val.dtype, names)}, device={_literal(val.device, names)}).unbind(0)")
+            buffers[node] = f"{rows_name}[t]"
+        lines += [f"    s_{i}: List[Tensor] = []" for i, n in enumerate(saved) if n not in rows]
         lines.append("    for t in range(len(xs)):")
         # in place: the rows xs[t] belong to the loop (the projected inputs, read by nothing else)
         lines.append(f"        {names[self.gates_node]} = torch.ops.aten.addmm_(xs[t], {s_vars[0]}, w)")
         lines += self.block(self.fwd_nodes, "        ", buffers)
-        lines += [f"        s_{i}.append({names[n]})" for i, n in enumerate(saved)]
+        lines += [f"        s_{i}.append({names[n]})" for i, n in enumerate(saved) if n not in rows]
         lines.append(f"        {', '.join(s_vars)} = {', '.join(self.ref(o) for o in f_outs)}")
         lines.append(f"        hs.append({s_vars[0]})")
         lines.append("    return hs, " + ", ".join(s_vars + [f"s_{i}" for i in range(len(saved))]))
@@ -397,13 +427,14 @@ class _Generator:
         if into:
             buffers[d_gates] = "dg_t"
         lines += self.allocate({n: b for n, b in buffers.items() if b.startswith("tb_")})
-        lines += ["    for i in range(steps):", "        t = steps - 1 - i", "        dg_t = dg_all[t]"]
+        lines += ["    dg_rows = dg_all.unbind(0)", *[f"    {b}_rows = {b}.unbind(0)" for b in row_buffers.values()]]
+        lines += ["    for i in range(steps):", "        t = steps - 1 - i", "        dg_t = dg_rows[t]"]
         lines.append(f"        {names[self.t_nodes[0]]} = torch.ops.aten.add(d_0, dhs[t]) if has_dhs else d_0")
         lines += [f"        {names[self.t_nodes[k]]} = d_{k}" for k in range(1, n_s)]
         lines += [f"        {names[n]} = s_{i}[t]" for i, n in enumerate(saved)]
         if self.h_prev:
             lines.append(f"        {names[self.s_nodes[0]]} = hs[t - 1] if t > 0 else h0")
-        lines += [f"        {b}_t = {b}[t]" for b in row_buffers.values()]
+        lines += [f"        {b}_t = {b}_rows[t]" for b in row_buffers.values()]
         lines += self.block(self.bwd_nodes, "        ", buffers)
         if not into:
             lines.append(f"        dg_t.copy_({self.ref(d_gates)})")
