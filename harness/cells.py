@@ -22,6 +22,15 @@ on this loop stays well above its floor (the cell's own operations, a few micros
 measured in docs/performance.md ("Issue #20", ``benchmarks/cell_loop.py``). Results equal the
 per-step equations (the same products, summed in another order).
 
+A cell that has no ``implementation`` of its own runs faster still through the *graph loop*
+(:mod:`harness.step_graphs`): at the first forward pass, ``step`` is traced once with its
+vector-Jacobian product for the inputs' batch size, dtype and device, and the whole sequence then
+runs as two generated TorchScript loops (forward, and backward in reverse), with neither Python nor
+the autograd engine at each step; the weight gradients stay large products. A step that cannot be
+traced (control flow on tensor values, in-place changes to its inputs, ...) or whose loops do not
+reproduce the eager step on a few random steps runs on the eager loop above, with one warning;
+``keep_states`` and ``graph_loop = False`` (or ``HARNESS_GRAPH_LOOP=0``) keep it too.
+
 Under ``torch.compile`` the loop takes the plain path (a per-step product over the concatenation),
 which the compiler traces without a custom autograd function. The inputs are unbound once;
 indexing ``x[:, t]`` inside the loop would make the backward pass quadratic in the length.
