@@ -140,7 +140,8 @@ class CellLoop(nn.Module):
     def _program(self, inputs: torch.Tensor) -> Any:
         """The cell's compiled step graphs for these inputs (derived once and cached), or ``None`` to run eagerly."""
         cell = self.cell
-        if _declares_implementation(cell) or self.keep_states or inputs.device.type not in ("cpu", "cuda"):
+        if (_declares_implementation(cell) or self.keep_states or inputs.device.type not in ("cpu", "cuda")
+                or torch.is_autocast_enabled(inputs.device.type)):  # the traced dtypes would not hold
             return None
         if not self._graph_loop_on():
             self._ran = "eager"

@@ -155,6 +155,8 @@ def test_switches_and_paths_that_keep_the_eager_loop(monkeypatch):
     features, _ = loop(inputs)
     assert loop.states is not None and len(loop.states) == 5 and loop.states[2].grad_fn is not None
     loop.keep_states = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert loop._program(inputs) is None  # autocast would change the traced dtypes
     monkeypatch.setenv("HARNESS_GRAPH_LOOP", "0")
     torch.testing.assert_close(loop(inputs)[0], features)
     assert loop.implementation == "eager"
