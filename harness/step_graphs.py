@@ -18,16 +18,23 @@ nor the autograd engine in the loop:
    batch, is not computed per step: its operands are kept and the gradient is one large product
    (or sum) after the loop, as :class:`harness.cells._Projection` does for ``W_hh``. Other parameter
    gradients are accumulated in place.
+   Before that the graph is simplified (identities dropped, ``split`` as slices, scalings folded
+   into operands computed once, ``a + b·c`` as ``addcmul``, Python numbers as 0-dim tensors made
+   once, common subexpressions merged), and pointwise forward nodes that the backward can compute
+   from what it has anyway are recomputed there instead of saved.
 3. **Generate.** Two TorchScript functions are generated as source and compiled: a forward loop
-   (``gates = x_t + h W_hhᵀ``, the step's forward nodes, the saved tensors appended to lists) and a
-   backward loop in reverse time (the step's backward nodes, ``dh_{t-1} += dG_t W_hh``, the
-   gradients of the gates ``dG_t``). The TorchScript interpreter dispatches each operation at about
-   half the cost of the Python interpreter and autograd together.
+   (``gates = x_t + h W_hhᵀ`` in place on the projected inputs, the step's forward nodes, the saved
+   tensors written into per-step rows of sequence-long buffers) and a backward loop in reverse time
+   (the step's backward nodes, ``dh_{t-1} += dG_t W_hh``, the gradients of the gates ``dG_t``).
+   Results that do not outlive a step are written into buffers made once (out= variants). The
+   TorchScript interpreter dispatches each operation at about half the cost of the Python
+   interpreter and autograd together.
 4. **Check.** Before first use, both loops run over a few random steps and are compared with the
    eager step under autograd; any difference (or any failure above) leaves the cell on the eager loop.
 
 :class:`GraphLoopFunction` is the whole-sequence ``autograd.Function`` that calls the two loops.
-A backward pass that itself needs a graph (double backward) recomputes the sequence eagerly.
+A second backward pass through the same graph (``retain_graph``) reruns the forward loop; a
+backward pass that itself needs a graph (double backward) recomputes the sequence eagerly.
 """
 
 from __future__ import annotations
@@ -136,7 +143,7 @@ def _trace(cell: nn.Module, state: State, gates_width: int) -> tuple[fx.Graph, d
 
         out, vjp, *_ = torch.func.vjp(step, gates, tuple(st), tuple(p))
         if not isinstance(out, tuple) or len(out) != n_s:
-            raise Untraceable(f"step returned {type(out).__name__} of {len(out)}, expected a state of {n_s}")
+            raise Untraceable(f"step returned {type(out).__name__}, expected a tuple of {n_s} tensors")
         for o, s in zip(out, st):
             if o.shape != s.shape or o.dtype != s.dtype:
                 raise Untraceable("step changed the shape or dtype of the state")
@@ -858,7 +865,7 @@ def verify(program: StepProgram, eager: Callable[..., Any], cell: nn.Module, sta
     args = [inputs, bias, *initial, *params, *buffers]
     wanted = [x for x in args if x.requires_grad]
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
             seq, last = GraphLoopFunction.apply(program, eager, *args)
             found = [seq, last, *torch.autograd.grad((seq, last), wanted, (d_seq, d_last), allow_unused=True)]
             seq, last = eager(*args)

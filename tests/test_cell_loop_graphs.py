@@ -168,6 +168,9 @@ def test_switches_and_paths_that_keep_the_eager_loop(monkeypatch):
 def test_copies_batch_sizes_and_no_grad():
     loop = _make("mgu", torch.float32)
     copied = copy.deepcopy(loop)
+    generator = torch.get_rng_state()
+    loop(torch.randn(2, 4, 4, generator=torch.Generator().manual_seed(1)))  # traces, compiles, checks
+    assert torch.equal(torch.get_rng_state(), generator)  # and leaves the global generator alone
     for batch in (2, 3):
         inputs = torch.randn(batch, 4, 4)
         with torch.no_grad():
