@@ -22,11 +22,13 @@ from collections.abc import Callable
 
 import torch
 
+PATHS = ("forward", "_projected", "_concatenated")
+
 
 def _step(loop: torch.nn.Module, path: str, head: torch.nn.Linear, optimizer: torch.optim.Optimizer,
           inputs: torch.Tensor, targets: torch.Tensor) -> None:
-    outputs = getattr(loop, path)(inputs)
-    loss = torch.nn.functional.cross_entropy(head(outputs[-1]), targets)
+    last = loop(inputs)[1] if path == "forward" else getattr(loop, path)(inputs)[-1]
+    loss = torch.nn.functional.cross_entropy(head(last), targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -54,6 +56,9 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=17)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--paths", default=",".join(PATHS),
+                        help="forward (CellLoop.forward: the graph loop where the cell has no implementation of its "
+                             "own), _projected (the eager loop), _concatenated (the former loop)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -63,11 +68,13 @@ def main() -> None:
     inputs = torch.randn(args.batch_size, args.length, args.input_size)
     targets = torch.randint(0, 8, (args.batch_size,))
     timer = GemmTimer(args.batch_size * args.length)
-    subjects, floors = {}, {}
+    subjects, floors, loops = {}, {}, {}
     for name in args.models.split(","):
-        for path in ("_projected", "_concatenated"):
+        for path in args.paths.split(","):
             torch.manual_seed(0)
             loop = get_model(name).build(input_size=args.input_size, hidden_size=args.hidden_size)
+            if path == "forward":
+                loops[name] = loop
             head = torch.nn.Linear(args.hidden_size, 8)
             optimizer = torch.optim.Adam([*loop.parameters(), *head.parameters()])
             subjects[name, path] = (lambda loop=loop, path=path, head=head, optimizer=optimizer:
@@ -89,9 +96,13 @@ def main() -> None:
               f"cpu {floor_cpu:5.1f}  x floor: wall {statistics.median(wall) / floor:4.2f} "
               f"cpu {statistics.median(cpu) / floor_cpu:4.2f}")
     for name in floors:
-        ratios = [a[1] / b[1] for a, b in zip(times[name, "_projected"], times[name, "_concatenated"])]
-        print(f"{name}: cpu time projected / concatenated, per round: median {statistics.median(ratios):.3f} "
-              f"({min(ratios):.3f}-{max(ratios):.3f})")
+        if "forward" in args.paths.split(","):
+            print(f"{name}: CellLoop.forward ran {getattr(loops[name], 'implementation', '?')}")
+        paths = args.paths.split(",")
+        for first, second in zip(paths, paths[1:]):
+            ratios = [a[1] / b[1] for a, b in zip(times[name, first], times[name, second])]
+            print(f"{name}: cpu time {first.strip('_')} / {second.strip('_')}, per round: median "
+                  f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,15 @@ on this loop stays well above its floor (the cell's own operations, a few micros
 measured in docs/performance.md ("Issue #20", ``benchmarks/cell_loop.py``). Results equal the
 per-step equations (the same products, summed in another order).
 
+A cell that has no ``implementation`` of its own runs faster still through the *graph loop*
+(:mod:`harness.step_graphs`): at the first forward pass, ``step`` is traced once with its
+vector-Jacobian product for the inputs' batch size, dtype and device, and the whole sequence then
+runs as two generated TorchScript loops (forward, and backward in reverse), with neither Python nor
+the autograd engine at each step; the weight gradients stay large products. A step that cannot be
+traced (control flow on tensor values, in-place changes to its inputs, ...) or whose loops do not
+reproduce the eager step on a few random steps runs on the eager loop above, with one warning;
+``keep_states`` and ``graph_loop = False`` (or ``HARNESS_GRAPH_LOOP=0``) keep it too.
+
 Under ``torch.compile`` the loop takes the plain path (a per-step product over the concatenation),
 which the compiler traces without a custom autograd function. The inputs are unbound once;
 indexing ``x[:, t]`` inside the loop would make the backward pass quadratic in the length.
@@ -35,6 +44,9 @@ about any such kernels.
 from __future__ import annotations
 
 import math
+import os
+import warnings
+import weakref
 from typing import Any
 
 import torch
@@ -90,19 +102,106 @@ class CellLoop(nn.Module):
         #: (the gradient-flow measurement reads ‖∂L/∂h_t‖ from them).
         self.keep_states = False
         self.states: list[torch.Tensor] | None = None
+        #: Run a cell that has no ``implementation`` of its own through the graph loop where its step
+        #: can be traced (see :mod:`harness.step_graphs`); ``False`` (or ``HARNESS_GRAPH_LOOP=0``) keeps
+        #: the eager loop.
+        self.graph_loop = True
+        self._ran: str | None = None
 
     @property
     def implementation(self) -> str:
         """How the cell computes its step: the cell's own ``implementation`` (e.g. ``"fused-cpu"``,
-        ``"eager: HARNESS_FUSED=0"``), or ``"eager"`` for a cell that does not say."""
-        return getattr(self.cell, "implementation", "eager")
+        ``"eager: HARNESS_FUSED=0"``); for a cell that does not say, what the last forward pass ran:
+        ``"graph-loop"`` (the step's traced forward and backward graphs as TorchScript loops over the
+        sequence, :mod:`harness.step_graphs`), ``"eager: <why>"`` (the step could not run so) or
+        ``"eager"`` (the graph loop switched off, ``keep_states``, or no forward pass yet: the graph
+        loop is chosen at the first one, when the step is traced for the inputs' shapes)."""
+        if _declares_implementation(self.cell):
+            return str(self.cell.implementation)
+        return self._ran if self._ran is not None else "eager"
+
+    def _graph_loop_on(self) -> bool:
+        return self.graph_loop and os.environ.get("HARNESS_GRAPH_LOOP", "1") != "0"
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if inputs.dim() != 3 or inputs.shape[1] == 0:
             raise ValueError(f"CellLoop expects inputs (batch, length >= 1, features), got {tuple(inputs.shape)}")
-        outputs = self._concatenated(inputs) if torch.compiler.is_compiling() else self._projected(inputs)
+        if torch.compiler.is_compiling():
+            outputs = self._concatenated(inputs)
+        else:
+            program = self._program(inputs)
+            if program is not None:
+                return self._graphed(inputs, program)
+            outputs = self._projected(inputs)
         if self.keep_states:
             self.states = outputs
+        return torch.stack(outputs, 1), outputs[-1]
+
+    def _program(self, inputs: torch.Tensor) -> Any:
+        """The cell's compiled step graphs for these inputs (derived once and cached), or ``None`` to run eagerly."""
+        cell = self.cell
+        if (_declares_implementation(cell) or self.keep_states or inputs.device.type not in ("cpu", "cuda")
+                or torch.is_autocast_enabled(inputs.device.type)):  # the traced dtypes would not hold
+            return None
+        if not self._graph_loop_on():
+            self._ran = "eager"
+            return None
+        state = cell.initial_state(inputs.shape[0], inputs)
+        key = (cell.training, cell.weight_hh.shape[0], inputs.dtype, inputs.device,
+               tuple((s.shape, s.dtype, s.device) for s in state),
+               tuple((p.shape, p.dtype, p.device) for p in (*cell.parameters(), *cell.buffers())))
+        programs = _PROGRAMS.setdefault(cell, {})
+        if key not in programs:
+            programs[key] = self._derive(state)
+        found = programs[key]
+        if isinstance(found, str):
+            self._ran = f"eager: {found}"
+            return None
+        self._ran = "graph-loop"
+        return found
+
+    def _derive(self, state: State) -> Any:
+        """Trace, compile and check the cell's step; a string says why it cannot run as a graph loop."""
+        from harness.step_graphs import Untraceable, derive, verify
+
+        cell = self.cell
+        try:
+            program = derive(cell, state, cell.weight_hh.shape[0])
+            verify(program, self._eager_sequence, cell, state)
+        except Untraceable as exc:
+            reason = f"step not traceable ({exc})"
+            warnings.warn(f"{type(cell).__name__}: the graph loop cannot run this cell, so its step runs eagerly: "
+                          f"{reason}", RuntimeWarning, stacklevel=4)
+            return reason
+        return program
+
+    def _graphed(self, inputs: torch.Tensor, program: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole sequence through the cell's step graphs (:class:`harness.step_graphs.GraphLoopFunction`)."""
+        from harness.step_graphs import GraphLoopFunction
+
+        cell = self.cell
+        state = cell.initial_state(inputs.shape[0], inputs)
+        return GraphLoopFunction.apply(program, self._eager_sequence, inputs, cell.bias_ih + cell.bias_hh, *state,
+                                       *cell.parameters(), *cell.buffers())
+
+    def _eager_sequence(self, inputs: torch.Tensor, bias: torch.Tensor,
+                        *rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`_graphed` computes, eagerly: ``rest`` is the initial state, then the cell's parameters
+        and buffers, substituted for its own (the reference of the graph loop, and its double backward)."""
+        cell = self.cell
+        n_s = cell.state_size
+        state, values = tuple(rest[:n_s]), rest[n_s:]
+        names = [n for n, _ in cell.named_parameters()] + [n for n, _ in cell.named_buffers()]
+        substituted = dict(zip(names, values))
+        batch, length, features = inputs.shape
+        projected = torch.addmm(bias, inputs.transpose(0, 1).reshape(length * batch, features),
+                                substituted["weight_ih"].t())
+        recurrent = substituted["weight_hh"].t()
+        outputs = []
+        with torch.nn.utils.stateless._reparametrize_module(cell, substituted):
+            for projected_t in projected.view(length, batch, -1).unbind(0):
+                state = cell.step(torch.addmm(projected_t, state[0], recurrent), state)
+                outputs.append(state[0])
         return torch.stack(outputs, 1), outputs[-1]
 
     def _projected(self, inputs: torch.Tensor) -> list[torch.Tensor]:
@@ -132,6 +231,15 @@ class CellLoop(nn.Module):
             state = cell.step(torch.addmm(bias, torch.cat([x_t, state[0]], 1), weight), state)
             outputs.append(state[0])
         return outputs
+
+
+#: Per cell (weakly: a copied cell traces again), the compiled step graphs per input signature, or why not.
+_PROGRAMS: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def _declares_implementation(cell: nn.Module) -> bool:
+    """Whether the cell says how it runs its step (then the loop leaves the step to it)."""
+    return hasattr(type(cell), "implementation") or "implementation" in vars(cell)
 
 
 class _Projection(torch.autograd.Function):
