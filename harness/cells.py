@@ -114,11 +114,14 @@ class CellLoop(nn.Module):
         ``"eager: HARNESS_FUSED=0"``); for a cell that does not say, what the last forward pass ran:
         ``"graph-loop"`` (the step's traced forward and backward graphs as TorchScript loops over the
         sequence, :mod:`harness.step_graphs`), ``"eager: <why>"`` (the step could not run so) or
-        ``"eager"`` (the graph loop switched off, ``keep_states``, or no forward pass yet: the graph
-        loop is chosen at the first one, when the step is traced for the inputs' shapes)."""
+        ``"eager"`` (the graph loop switched off, or ``keep_states``). Before the first forward pass,
+        where the step is traced for the inputs' shapes, it says what that pass will try: ``"graph-loop"``
+        unless switched off (a step that then cannot be traced reports ``"eager: <why>"`` afterwards)."""
         if _declares_implementation(self.cell):
             return str(self.cell.implementation)
-        return self._ran if self._ran is not None else "eager"
+        if self._ran is not None:
+            return self._ran
+        return "graph-loop" if self._graph_loop_on() and not self.keep_states else "eager"
 
     def _graph_loop_on(self) -> bool:
         return self.graph_loop and os.environ.get("HARNESS_GRAPH_LOOP", "1") != "0"

@@ -456,7 +456,8 @@ class _Generator:
         lines += [f"    {v}.reverse()" for v in lists.values() if not v.startswith("ob_")]
         for i, item in deferred.items():
             lines += _epilogue(i, item, lists, names, self.statement)
-        lines.append("    return " + ", ".join(returns))
+        # a tuple, even of one value (a single-state cell whose step reads its state only through the gates)
+        lines.append("    return (" + ", ".join(returns) + ("," if len(returns) == 1 else "") + ")")
         return "\n".join(lines) + "\n"
 
 

@@ -131,7 +131,7 @@ def test_causality():
 def test_untraceable_step_falls_back_to_the_eager_loop_and_trains():
     torch.manual_seed(0)
     loop = CellLoop(_BranchingCell(3, 4))
-    assert loop.implementation == "eager"  # no forward pass yet
+    assert loop.implementation == "graph-loop"  # no forward pass yet: what the first one will try
     inputs, target = torch.randn(5, 6, 3), torch.randn(5, 4)
     optimizer = torch.optim.SGD(loop.parameters(), lr=0.1)
     losses = []
@@ -187,3 +187,22 @@ def test_cells_with_their_own_implementation_keep_it():
         assert loop.implementation == loop.cell.implementation
         loop(torch.randn(2, 3, 3))
         assert loop.implementation == loop.cell.implementation
+
+
+def test_a_step_that_reads_its_state_only_through_the_gates_runs_on_the_graph_loop():
+    """A plain tanh cell (h_t = tanh(gates)): its backward loop returns one tensor, which must still be a tuple."""
+
+    class TanhCell(GatedCell):
+        def step(self, gates, state):
+            return (torch.tanh(gates),)
+
+    torch.manual_seed(0)
+    loop = CellLoop(TanhCell(3, 4)).double()
+    x = torch.randn(2, 40, 3, dtype=torch.float64, requires_grad=True)
+    out = loop(x)[0]
+    assert loop.implementation == "graph-loop"
+    reference = torch.stack(loop._projected(x), 1)
+    torch.testing.assert_close(out, reference, rtol=1e-10, atol=0)
+    for got, want in zip(torch.autograd.grad(out.square().sum(), [x, *loop.parameters()]),
+                         torch.autograd.grad(reference.square().sum(), [x, *loop.parameters()])):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

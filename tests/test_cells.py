@@ -414,13 +414,26 @@ def test_implementation_when_the_kernels_cannot_be_built(monkeypatch, tmp_path):
                                                     "no C compiler found (set CC)")
 
 
-def test_cells_without_an_implementation_attribute_are_eager():
+def test_cells_without_an_implementation_attribute_say_which_loop_runs_them(monkeypatch):
     from harness.cells import CellLoop, GatedCell
 
     class Plain(GatedCell):
         def step(self, gates, state):
             return (torch.tanh(gates),)
 
+    class Branching(Plain):
+        def step(self, gates, state):  # data-dependent control flow: cannot be traced
+            return (torch.tanh(gates) if bool(gates.sum() > 0) else torch.sigmoid(gates),)
+
+    loop = CellLoop(Plain(IN, H))
+    assert loop.implementation == "graph-loop"  # before any forward pass: what the first one tries
+    loop(torch.randn(2, 3, IN))
+    assert loop.implementation == "graph-loop"
+    branching = CellLoop(Branching(IN, H))
+    with pytest.warns(RuntimeWarning, match="eagerly"):
+        branching(torch.randn(2, 3, IN))
+    assert branching.implementation.startswith("eager: step not traceable")
+    monkeypatch.setenv("HARNESS_GRAPH_LOOP", "0")
     assert CellLoop(Plain(IN, H)).implementation == "eager"
 
 

@@ -220,6 +220,8 @@ class Training:
         for step in range(1, spec.budget + 1):
             detached = self.step()
             _heartbeat()
+            if step == 1:  # what the first training step ran (a cell loop decides at its first pass)
+                row["implementation"] = str(getattr(self.model.core, "implementation", "") or "")
             loss_sum = detached if loss_sum is None else loss_sum + detached
             losses_since_eval += 1
             if gradients is not None and gradients.due(step):
