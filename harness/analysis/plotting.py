@@ -438,13 +438,15 @@ def learning_curves_figure(curves: pd.DataFrame, pairs: list[tuple[str, str]] | 
                     ax.set_visible(False)
                     continue
                 rows = selected[(selected["model"] == model) & (selected["task"] == task)]
+                one_length = selected["length"].nunique() == 1
                 for length, group in rows.groupby("length"):
                     if metric == "loss":
-                        _seed_losses(ax, group, cmap(norm(length)), length)
+                        _seed_losses(ax, group, None if one_length else cmap(norm(length)), length)
                         level = (memoryless or {}).get((task, int(length)), math.nan)
                         if np.isfinite(level):
-                            ax.axhline(level, color=cmap(norm(length)), linestyle="--", linewidth=1.2,
-                                       label=f"memoryless, T={length}", gid=f"memoryless:{length}")
+                            ax.axhline(level, color=_REFERENCE_COLOUR if one_length else cmap(norm(length)),
+                                       linestyle="--", linewidth=1.2, label=f"memoryless, T={length}",
+                                       gid=f"memoryless:{length}")
                         continue
                     mean = _mean_curve(group)
                     ax.plot(mean.index.to_numpy(dtype=float), mean.to_numpy(), linewidth=1.6,
@@ -469,7 +471,7 @@ def learning_curves_figure(curves: pd.DataFrame, pairs: list[tuple[str, str]] | 
         lengths = sorted(selected["length"].unique())
         if len(lengths) == 1:  # a colour bar for one value says little: name it in a legend
             next(ax for row in grid for ax in row if ax.get_visible()).legend(
-                loc="lower right", frameon=False)
+                loc="upper right" if metric == "loss" else "lower right", frameon=False)
         else:
             bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=grid,
                                label="dependency length T", shrink=min(1.0, 1.6 / len(models)),
@@ -479,19 +481,23 @@ def learning_curves_figure(curves: pd.DataFrame, pairs: list[tuple[str, str]] | 
                 bar.ax.yaxis.set_minor_formatter(NullFormatter())
             bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         if metric == "loss":
-            fig.suptitle("Learning curves (one line per seed; dashed: the memoryless loss)")
+            fig.suptitle("Learning curves: every seed\n(dashed: the memoryless loss)")
         else:
             fig.suptitle("Learning curves (mean over seeds" + ("; dashed: chance)" if chance else ")"))
     return fig
 
 
 def _seed_losses(ax, rows: pd.DataFrame, colour: Any, length: int) -> None:
-    """One validation-loss line per seed, in the length's colour; the seed is its line style."""
-    styles = ("-", (0, (5, 2)), (0, (1, 1.5)), (0, (5, 2, 1, 2)))
+    """One validation-loss line per seed. With one length in the figure (``colour`` None) each seed
+    has its own colour; otherwise every line has its length's colour and the seed is its line style
+    (never dashed: dashes mark the memoryless loss)."""
+    styles = ("-", (0, (1, 1.5)), (0, (6, 1.5, 1, 1.5)), (0, (1, 3)))
+    palette = [matplotlib.colormaps["tab10"](i) for i in range(10)]
     for index, (seed, one) in enumerate(rows.sort_values("step").groupby("seed")):
         ax.plot(one["step"].to_numpy(dtype=float), one["val_loss"].to_numpy(dtype=float), linewidth=1.4,
-                color=colour, linestyle=styles[index % len(styles)], label=f"T={length}, seed {seed}",
-                gid=f"curve:{length}:seed{seed}")
+                color=palette[index % len(palette)] if colour is None else colour,
+                linestyle="-" if colour is None else styles[index % len(styles)],
+                label=f"T={length}, seed {seed}", gid=f"curve:{length}:seed{seed}")
 
 
 def cost_figure(results: pd.DataFrame) -> Figure:
