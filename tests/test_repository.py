@@ -168,3 +168,20 @@ def test_the_parts_still_running_plan_every_built_in_model_and_keep_their_trials
         assert covered[task] == everything, task
     for task in ("recall", "adding"):
         assert covered[task] == everything, task
+
+
+def test_the_chrono_paper_run_resumes_with_nothing_to_train(tmp_path):
+    """`bash results/chrono-paper/reproduce.sh` on a fresh clone reads every trial back: none trains."""
+    import json
+    import shutil
+
+    from harness.cli import main
+
+    folder = tmp_path / "results" / "chrono-paper"
+    shutil.copytree(ROOT / "results" / "chrono-paper" / "copy500", folder / "copy500")
+    config = folder / "copy500.toml"
+    text = (ROOT / "results" / "chrono-paper" / "copy500.toml").read_text()
+    config.write_text(text.replace('out = "results/chrono-paper/', f'out = "{folder.as_posix()}/'))
+    assert main(["run", "--config", str(config), "--quiet", "--no-plot"]) == 0
+    trials = json.loads((folder / "copy500" / "run.json").read_text())["trials"]
+    assert trials["ran"] == 0 and trials["skipped"] == trials["planned"] == 4
