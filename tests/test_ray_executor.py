@@ -29,7 +29,9 @@ def ray():
 
 
 def harness_command(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=300,
+    # Longer than the harness's own wait for a Ray worker that is never set up (--trial-timeout + 300 s): on a
+    # loaded machine the command must be able to end on its own, recording that trial as an error.
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=600,
                           check=False)
 
 
