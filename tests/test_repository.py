@@ -185,3 +185,21 @@ def test_the_chrono_paper_run_resumes_with_nothing_to_train(tmp_path):
     assert main(["run", "--config", str(config), "--quiet", "--no-plot"]) == 0
     trials = json.loads((folder / "copy500" / "run.json").read_text())["trials"]
     assert trials["ran"] == 0 and trials["skipped"] == trials["planned"] == 4
+
+
+def test_closing_a_committed_folder_keeps_every_curve(tmp_path):
+    """A resume rewrites curves.csv on close; rows whose identity is recomputed (a model gained an option
+    since they were written, as chrono_scale) keep their curves, which are keyed on the id written then."""
+    import shutil
+
+    from harness.registry.loader import get_state
+    from harness.runs.plan import row_key
+    from harness.runs.store import ResultStore
+
+    folder = tmp_path / "unidirectional"
+    shutil.copytree(ROOT / "results" / "horizons" / "unidirectional", folder)
+    before = (folder / "curves.csv").read_text().count("\n")
+    state = get_state()
+    store = ResultStore(folder, key=row_key(state.models, state.tasks))
+    store.close()
+    assert (folder / "curves.csv").read_text().count("\n") == before

@@ -162,9 +162,15 @@ class ResultStore:
         results = Table(self.results_path, (*TRIAL_KEY, "status"))
         curves = Table(self.curves_path, (*TRIAL_KEY, "step"))
         self.rows: dict[Key, Row] = {}
+        #: (trial, config_id written with the row) -> its recomputed identity's id (a model that gained an
+        #: option since gives its old rows a new id); their curves, written under the old id, follow it
+        self._renamed: dict[tuple, str] = {}
         for number, row in enumerate(results.rows, start=2):
             _check_key(row, results, number)
             identity = key(row)
+            written = str(row.get("config_id") or "")
+            if written and written != identity[4]:
+                self._renamed[(*identity[:4], written)] = identity[4]
             row["config_id"] = identity[4]
             self.rows[identity] = row
         kept_curves = self._link_curves(curves)
@@ -191,6 +197,9 @@ class ResultStore:
             except (KeyError, ValueError):
                 raise curves._damaged("a row with an unreadable trial key or step") from None
             ids = by_trial.get(trial, [])
+            renamed = self._renamed.get((*trial, str(row.get("config_id") or "")))
+            if renamed is not None:
+                row["config_id"] = renamed
             if not row.get("config_id") and len(ids) == 1:
                 row["config_id"] = ids[0]
             if row.get("config_id") in ids:

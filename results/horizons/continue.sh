@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # Parts 1 and 2 beyond T = 1000: the same folders and settings; the budget grows above T = 1000.
-frontier=(--max-length 10000 --steps-growth 0.5 --steps-from 1000)
+frontier=(--max-length 10000)  # the budget rule is in the configs
 harness horizon --config results/horizons/unidirectional.toml "${frontier[@]}" "$@"
 harness horizon --config results/horizons/bidirectional.toml "${frontier[@]}" "$@"
 harness horizon --config results/horizons/modern.toml "$@"
