@@ -28,47 +28,58 @@ def ray():
     return pytest.importorskip("ray")
 
 
-def harness_command(*args: str) -> subprocess.CompletedProcess:
+def harness_command(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     # Longer than the harness's own wait for a Ray worker that is never set up (--trial-timeout + 300 s): on a
     # loaded machine the command must be able to end on its own, recording that trial as an error.
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=600,
-                          check=False)
+                          check=False, env={**os.environ, **(env or {})})
 
 
-def test_a_crash_or_a_timeout_on_ray_is_an_error_row_and_the_rest_finish(ray, tmp_path):
-    plugin = tmp_path / "ray_models.py"
+# One Ray sweep serves the tests below (starting Ray and its workers is most of their time): a trial that
+# crashes its worker, one that never returns, and one whose model exists only in the copy of the plugin file
+# that Ray ships to the workers. Each worker's set-up is made slower (6 s) than the trial timeout (4 s).
+SETUP_SECONDS, TIMEOUT = 6, 4
+
+
+@pytest.fixture(scope="module")
+def ray_sweep(tmp_path_factory) -> tuple[subprocess.CompletedProcess, pd.DataFrame, str]:
+    pytest.importorskip("ray")
+    folder = tmp_path_factory.mktemp("ray")
+    plugin = folder / "ray_models.py"
     plugin.write_text(src.RAY_MODELS.replace("__DRIVER_FILE__", str(plugin)))
-    out = tmp_path / "run"
-    # A trial's timeout counts from when its worker is set up (test below), so a short one will do.
-    timeout = 20
+    out = folder / "run"
     done = harness_command("run", "--executor", "ray", "--plugin", str(plugin), "--models",
-                           "crashing,sleeping,shipped,lstm", "--task", "recall", "--lengths", "5", "--seeds", "1",
-                           "--steps", "20", "--eval-size", "64", "--hidden-size", "8", "--batch-size", "16",
-                           "--trial-timeout", str(timeout), "--no-plot", "--quiet", "--out", str(out))
+                           "crashing,sleeping,shipped", "--task", "recall", "--lengths", "5", "--seeds", "1",
+                           "--steps", "10", "--eval-size", "32", "--hidden-size", "4", "--batch-size", "8",
+                           "--trial-timeout", str(TIMEOUT), "--no-plot", "--quiet", "--out", str(out),
+                           env={"HARNESS_TEST_WORKER_SETUP_SECONDS": str(SETUP_SECONDS)})
+    results = pd.read_csv(out / "results.csv").set_index("model") if (out / "results.csv").exists() else None
+    return done, results, str(plugin)
+
+
+def test_a_crash_or_a_timeout_on_ray_is_an_error_row_and_the_rest_finish(ray_sweep):
+    done, results, plugin = ray_sweep
     assert done.returncode == 1, done.stderr
-    results = pd.read_csv(out / "results.csv").set_index("model")
     assert list(results["status"].sort_index().items()) == [
-        ("crashing", "error"), ("lstm", "ok"), ("shipped", "ok"), ("sleeping", "error")]
+        ("crashing", "error"), ("shipped", "ok"), ("sleeping", "error")]
     assert "its Ray worker process died" in results.loc["crashing", "error"]
     assert "WorkerCrashedError" in results.loc["crashing", "error"]
-    assert results.loc["sleeping", "error"] == f"timed out after {timeout} s (--trial-timeout)"
-    assert results.loc["shipped", "model_provider"] == f"command line {plugin}"  # the driver's path, as locally
+    assert results.loc["sleeping", "error"] == f"timed out after {TIMEOUT} s (--trial-timeout)"
     assert "2 trial(s) failed: crashing recall T=5 seed=0; sleeping recall T=5 seed=0" in done.stderr
 
 
-def test_a_slow_worker_set_up_does_not_count_against_the_trial_timeout(ray, tmp_path):
-    """Loading the plugins in a fresh Ray worker takes 8 s here (on a loaded machine, torch's import
-    alone took over 30 s); a trial timeout of 4 s still lets the trial itself run."""
-    plugin = tmp_path / "ray_models.py"
-    plugin.write_text(src.RAY_MODELS.replace("__DRIVER_FILE__", str(plugin)))
-    out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "harness", "run", "--executor", "ray", "--plugin", str(plugin),
-                           "--models", "shipped", "--task", "recall", "--lengths", "5", "--seeds", "1", "--steps", "5",
-                           "--eval-size", "16", "--hidden-size", "4", "--batch-size", "4", "--trial-timeout", "4",
-                           "--no-plot", "--quiet", "--out", str(out)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HARNESS_TEST_WORKER_SETUP_SECONDS": "8"})
-    assert done.returncode == 0, done.stderr
-    assert list(pd.read_csv(out / "results.csv")["status"]) == ["ok"]
+def test_plugin_files_reach_the_workers_and_rows_name_the_drivers_file(ray_sweep):
+    done, results, plugin = ray_sweep
+    assert results.loc["shipped", "status"] == "ok", done.stderr  # its model refuses to run from the driver's file
+    assert results.loc["shipped", "model_provider"] == f"command line {plugin}"  # the driver's path, as locally
+
+
+def test_a_slow_worker_set_up_does_not_count_against_the_trial_timeout(ray_sweep):
+    """Loading the plugins in a fresh Ray worker took 8 s here (on a loaded machine, torch's import alone
+    took over 30 s); the worker set-up is made slower than the trial timeout, and the trial still runs."""
+    done, results, _ = ray_sweep
+    assert SETUP_SECONDS > TIMEOUT
+    assert results.loc["shipped", "status"] == "ok", done.stderr
 
 
 def test_without_ray_the_command_is_one_line_naming_the_install(tmp_path, capsys, monkeypatch):

@@ -14,7 +14,7 @@ from harness.runs.schema import CURVE_COLUMNS, RESULT_COLUMNS
 from tests import plugin_sources as src
 
 TINY = ["--lengths", "3,6", "--seeds", "2", "--steps", "20", "--eval-every", "10", "--eval-size", "64",
-        "--hidden-size", "8", "--batch-size", "16", "--threads", "1", "--workers", "1", "--no-plot", "--quiet"]
+        "--hidden-size", "8", "--batch-size", "16", "--threads", "1", "--workers", "0", "--no-plot", "--quiet"]
 
 
 def run_cli(*args: str) -> int:

@@ -31,10 +31,22 @@ from harness.runs.spec import Key
 Row = dict[str, Any]
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` would give a new file under this process's umask (``mkstemp`` gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_NEW_FILE_MODE = _new_file_mode()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file in the same folder, then rename it over ``path``."""
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # POSIX; Windows has no such modes
+            os.fchmod(handle, _NEW_FILE_MODE)  # readable by others as any file the user writes, not 0600
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
             stream.write(text)
             stream.flush()
