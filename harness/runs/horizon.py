@@ -107,8 +107,9 @@ def run_horizon(config: SweepConfig, progress: bool,
             _search(series, executor, recorder, rows, plan)
 
         outcome = run_sweep(plan, folder, progress, drive=drive)
-        if outcome.interrupted is None:
-            write_horizons(plan.out, config.criterion)
+        # Also when interrupted: horizons.csv then says what the finished trials show (a series still
+        # searching reads as "at least its longest pass"), not what an earlier command left there.
+        write_horizons(plan.out, config.criterion)
     _print_horizons(plan.out, config.criterion)
     return outcome, plan.out
 
