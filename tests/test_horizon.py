@@ -160,15 +160,19 @@ def test_an_interrupted_search_writes_the_horizons_its_finished_trials_show(tmp_
     from harness.runs.sweep import Interrupted
 
     out = tmp_path / "h"
-    args = ["horizon", "--models", "rnn", "--task", "recall", "--seeds", "1", "--min-length", "2",
-            "--max-length", "4", "--steps", "20", "--eval-every", "10", "--eval-size", "32", "--hidden-size", "4",
-            "--batch-size", "8", "--workers", "0", "--no-plot", "--quiet", "--out", str(out)]
-    assert main(args) == 0
+
+    def search(max_length: int) -> int:
+        return main(["horizon", "--models", "rnn", "--task", "recall", "--seeds", "1", "--min-length", "2",
+                     "--max-length", str(max_length), "--steps", "20", "--eval-every", "10", "--eval-size", "32",
+                     "--hidden-size", "4", "--batch-size", "8", "--workers", "0", "--no-plot", "--quiet",
+                     "--out", str(out)])
+
+    assert search(4) == 0
     (out / "horizons.csv").write_text("left by an earlier command\n")
     real = H.run_sweep
     monkeypatch.setattr(H, "run_sweep", lambda *a, **k: dataclasses.replace(real(*a, **k),
                                                                            interrupted=Interrupted(signal.SIGTERM)))
-    main([*args[:10], "8", *args[11:]])  # a longer search, stopped (as by SIGTERM) after its trials
+    search(8)  # a longer search, stopped (as by SIGTERM) after its trials
     horizons = pd.read_csv(out / "horizons.csv")
     results = pd.read_csv(out / "results.csv")
     assert list(horizons["trials"]) == [len(results)] and list(horizons["training_steps"]) == [results["steps"].sum()]

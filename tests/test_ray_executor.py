@@ -53,8 +53,8 @@ def ray_sweep(tmp_path_factory) -> tuple[subprocess.CompletedProcess, pd.DataFra
                            "--steps", "10", "--eval-size", "32", "--hidden-size", "4", "--batch-size", "8",
                            "--trial-timeout", str(TIMEOUT), "--no-plot", "--quiet", "--out", str(out),
                            env={"HARNESS_TEST_WORKER_SETUP_SECONDS": str(SETUP_SECONDS)})
-    results = pd.read_csv(out / "results.csv").set_index("model") if (out / "results.csv").exists() else None
-    return done, results, str(plugin)
+    assert (out / "results.csv").exists(), done.stderr
+    return done, pd.read_csv(out / "results.csv").set_index("model"), str(plugin)
 
 
 def test_a_crash_or_a_timeout_on_ray_is_an_error_row_and_the_rest_finish(ray_sweep):
