@@ -246,3 +246,31 @@ def test_listing_table_shows_plugin_and_description(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "cifg (coupled)" in out and "harness.plugins.gated_cells" in out and "peephole" in out
+
+
+def test_rows_from_before_a_model_gained_an_option_are_brought_up_to_date(tmp_path, capsys):
+    """A folder written before the LSTM had ``chrono_scale``: on resume its rows get the option at its
+    default (what they ran) and the identity that goes with it, keep their curves, and report as one
+    setting with the trials written since (not as a ``chrono_scale`` axis)."""
+    out = tmp_path / "run"
+    args = ["--models", "lstm", "--task", "recall", *TINY, "--model-opt", "lstm:init=chrono", "--out", str(out)]
+    assert run_cli(*args) == 0
+    now = pd.read_csv(out / "results.csv")
+    curves = pd.read_csv(out / "curves.csv")
+    assert all("chrono_scale" in json.loads(o) for o in now["model_options"])
+
+    def older(options: str) -> str:
+        return json.dumps({k: v for k, v in json.loads(options).items() if k != "chrono_scale"}, sort_keys=True)
+
+    now.assign(model_options=now["model_options"].map(older), config_id="0123456789ab").iloc[:-1].to_csv(
+        out / "results.csv", index=False)  # as an older harness wrote them; the last trial still to run
+    curves.assign(config_id="0123456789ab").to_csv(out / "curves.csv", index=False)
+    assert run_cli(*args) == 0
+    assert json.loads((out / "run.json").read_text())["trials"]["ran"] == 1
+    again = pd.read_csv(out / "results.csv")
+    pd.testing.assert_series_equal(again["model_options"], now["model_options"])
+    pd.testing.assert_series_equal(again["config_id"], now["config_id"])
+    assert len(pd.read_csv(out / "curves.csv")) == len(curves)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "chrono_scale" not in capsys.readouterr().out

@@ -249,14 +249,19 @@ def implementations(models: Registry, names: list[str], model_options: dict[str,
 
 def row_key(models: Registry, tasks: Registry):
     """A key function for the rows of a folder: rows written before ``config_id`` existed, or
-    with options recorded before the builder gained new ones, get the identity they would have now."""
+    with options recorded before the builder gained new ones, get the identity they would have now.
+    Such a row also gets those options recorded (the new one at its default, which is what the trial
+    ran), so that its options say what its identity says: reports and figures then group it with the
+    trials of the same setting written since."""
     def key(row: dict[str, Any]) -> Key:
         model, task = str(row["model"]), str(row["task"])
+        for kind, name, registry in (("model", model, models), ("task", task, tasks)):
+            recorded = options_from_row(row, f"{kind}_options")
+            with contextlib.suppress(Exception):  # one no longer installed keeps its recorded options
+                current = O.effective(registry.get(name), recorded)
+                if current != recorded:
+                    row[f"{kind}_options"] = O.canonical(current)
         m_opts, t_opts = options_from_row(row, "model_options"), options_from_row(row, "task_options")
-        with contextlib.suppress(Exception):  # a model no longer installed keeps its recorded options
-            m_opts = O.effective(models.get(model), m_opts)
-        with contextlib.suppress(Exception):
-            t_opts = O.effective(tasks.get(task), t_opts)
         return (model, task, int(row["length"]), int(row["seed"]), config_id(values_from_row(row), m_opts, t_opts))
     return key
 

@@ -177,18 +177,21 @@ class ResultStore:
         #: (trial, config_id written with the row) -> its recomputed identity's id (a model that gained an
         #: option since gives its old rows a new id); their curves, written under the old id, follow it
         self._renamed: dict[tuple, str] = {}
+        upgraded = False  # some row's identity or recorded options were brought up to date by ``key``
         for number, row in enumerate(results.rows, start=2):
             _check_key(row, results, number)
+            options = (row.get("model_options"), row.get("task_options"))
             identity = key(row)
             written = str(row.get("config_id") or "")
             if written and written != identity[4]:
                 self._renamed[(*identity[:4], written)] = identity[4]
+            upgraded |= written != identity[4] or options != (row.get("model_options"), row.get("task_options"))
             row["config_id"] = identity[4]
             self.rows[identity] = row
         kept_curves = self._link_curves(curves)
         self.notes += [f"{results.path.name}: dropped {d}; that trial will run again" for d in results.dropped]
         self.notes += [f"{curves.path.name}: dropped {d}" for d in curves.dropped]
-        self._dirty = bool(results.dropped or curves.dropped or len(self.rows) != len(results.rows)
+        self._dirty = bool(upgraded or results.dropped or curves.dropped or len(self.rows) != len(results.rows)
                            or len(kept_curves) != len(curves.rows)
                            or (results.header and results.header != list(RESULT_COLUMNS))
                            or (curves.header and curves.header != list(CURVE_COLUMNS)))
