@@ -178,6 +178,20 @@ def test_an_interrupted_search_writes_the_horizons_its_finished_trials_show(tmp_
     assert list(horizons["trials"]) == [len(results)] and list(horizons["training_steps"]) == [results["steps"].sum()]
 
 
+def test_each_tasks_own_criterion_replaces_its_rows_when_the_search_is_run_again(tmp_path):
+    """Under the default criterion recall and adding are judged by different criteria; a second run
+    writes each series once (it used to keep the second task's earlier rows beside the new ones)."""
+    out = tmp_path / "h"
+    args = ["horizon", "--models", "rnn", "--task", "recall,adding", "--seeds", "1", "--min-length", "2",
+            "--max-length", "4", "--steps", "20", "--eval-every", "10", "--eval-size", "32", "--hidden-size", "4",
+            "--batch-size", "8", "--workers", "0", "--no-plot", "--quiet", "--out", str(out)]
+    for _ in range(2):
+        assert main(args) == 0
+        horizons = pd.read_csv(out / "horizons.csv")
+        assert sorted(horizons["task"]) == ["adding", "recall"], horizons
+        assert set(horizons["criterion"]) == {"loss:0.1", "normalised:0.9"}
+
+
 def test_bad_search_settings_are_one_line_errors(tmp_path, capsys):
     base = ["horizon", "--models", "rnn", "--task", "recall", "--out", str(tmp_path / "x")]
     for extra, fragment in ((["--min-length", "10", "--max-length", "5"], "shorter than --min-length"),

@@ -159,7 +159,9 @@ def write_horizons(folder: Path, criterion: str) -> pd.DataFrame:
     if path.exists():
         try:
             kept = pd.read_csv(path)
-            kept = kept[kept["criterion"] != (table["criterion"].iloc[0] if len(table) else criterion)]
+            # the criteria written now: one per task under "default" (recall's and adding's differ)
+            written = set(table["criterion"]) if len(table) else {criterion}
+            kept = kept[~kept["criterion"].isin(written)]
             table = pd.concat([kept, table], ignore_index=True)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError):
             pass  # a damaged horizons.csv is derived data: write it anew
