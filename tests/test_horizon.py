@@ -146,8 +146,10 @@ def test_horizon_command_writes_horizons_and_resumes(tmp_path, capsys):
         assert one.trials == len(mine) and one.training_steps == mine["steps"].sum()
     text = capsys.readouterr().out
     assert "memory horizons" in text
-    assert main(args) == 0  # again: every trial is read back, none trains
-    assert json.loads((out / "run.json").read_text())["trials"]["ran"] == 0
+    record = (out / "run.json").read_bytes()
+    assert json.loads(record)["trials"]["ran"] == len(results)
+    assert main(args) == 0  # again: every trial is read back, none trains, and run.json keeps the record
+    assert (out / "run.json").read_bytes() == record
     assert main(["report", str(out), "--criterion", "normalised:0.5"]) == 0
     assert "memory horizons (normalised:0.5)" in capsys.readouterr().out
 

@@ -55,10 +55,12 @@ def test_resume_runs_nothing_new_and_fills_gaps(tmp_path):
     args = ["--models", "lstm", "--task", "recall", *TINY, "--out", str(out)]
     assert run_cli(*args) == 0
     first = pd.read_csv(out / "results.csv")
+    record = (out / "run.json").read_bytes()
     assert run_cli(*args) == 0
     pd.testing.assert_frame_equal(first, pd.read_csv(out / "results.csv"))
-    assert json.loads((out / "run.json").read_text())["trials"] == {
-        "planned": 4, "ran": 0, "skipped": 4, "failed": 0}
+    # nothing trained: run.json still records the command that trained the trials, byte for byte
+    assert (out / "run.json").read_bytes() == record
+    assert json.loads(record)["trials"] == {"planned": 4, "ran": 4, "skipped": 0, "failed": 0}
     # an interrupted sweep: drop one finished row, rerun, and only that trial runs again
     first.iloc[1:].to_csv(out / "results.csv", index=False)
     assert run_cli(*args) == 0

@@ -225,6 +225,10 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
         recorder.close()
         folder.store.close()
     trials = {"planned": len(plan.specs), "ran": recorder.ran, "skipped": skipped, "failed": len(recorder.failed)}
+    if recorder.ran == 0 and interrupted is None and folder.previous is not None:
+        # a resume that trained nothing leaves the record of the commands that did (and a committed folder clean)
+        write_json(folder.path / "run.json", folder.previous)
+        return SweepOutcome(folder.store, 0, skipped, recorder.failed, None)
     wall_seconds = round(time.perf_counter() - started, 2)
     # each command's own record: a folder resumed on several machines says where each part ran and how long
     metadata["invocations"][-1].update(finished_at=now(), wall_seconds=wall_seconds, trials_ran=recorder.ran,
