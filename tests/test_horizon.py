@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -154,6 +155,13 @@ def test_horizon_command_writes_horizons_and_resumes(tmp_path, capsys):
     assert "memory horizons (normalised:0.5)" in capsys.readouterr().out
 
 
+def tiny_search(out: Path, tasks: str = "recall", max_length: int = 4) -> list[str]:
+    """A one-seed search of the tanh RNN that takes a second or two: for what the command writes."""
+    return ["horizon", "--models", "rnn", "--task", tasks, "--seeds", "1", "--min-length", "2",
+            "--max-length", str(max_length), "--steps", "20", "--eval-every", "10", "--eval-size", "32",
+            "--hidden-size", "4", "--batch-size", "8", "--workers", "0", "--no-plot", "--quiet", "--out", str(out)]
+
+
 def test_an_interrupted_search_writes_the_horizons_its_finished_trials_show(tmp_path, monkeypatch):
     import dataclasses
     import signal
@@ -163,18 +171,12 @@ def test_an_interrupted_search_writes_the_horizons_its_finished_trials_show(tmp_
 
     out = tmp_path / "h"
 
-    def search(max_length: int) -> int:
-        return main(["horizon", "--models", "rnn", "--task", "recall", "--seeds", "1", "--min-length", "2",
-                     "--max-length", str(max_length), "--steps", "20", "--eval-every", "10", "--eval-size", "32",
-                     "--hidden-size", "4", "--batch-size", "8", "--workers", "0", "--no-plot", "--quiet",
-                     "--out", str(out)])
-
-    assert search(4) == 0
+    assert main(tiny_search(out, max_length=4)) == 0
     (out / "horizons.csv").write_text("left by an earlier command\n")
     real = H.run_sweep
     monkeypatch.setattr(H, "run_sweep", lambda *a, **k: dataclasses.replace(real(*a, **k),
                                                                            interrupted=Interrupted(signal.SIGTERM)))
-    search(8)  # a longer search, stopped (as by SIGTERM) after its trials
+    main(tiny_search(out, max_length=8))  # a longer search, stopped (as by SIGTERM) after its trials
     horizons = pd.read_csv(out / "horizons.csv")
     results = pd.read_csv(out / "results.csv")
     assert list(horizons["trials"]) == [len(results)] and list(horizons["training_steps"]) == [results["steps"].sum()]
@@ -184,9 +186,7 @@ def test_each_tasks_own_criterion_replaces_its_rows_when_the_search_is_run_again
     """Under the default criterion recall and adding are judged by different criteria; a second run
     writes each series once (it used to keep the second task's earlier rows beside the new ones)."""
     out = tmp_path / "h"
-    args = ["horizon", "--models", "rnn", "--task", "recall,adding", "--seeds", "1", "--min-length", "2",
-            "--max-length", "4", "--steps", "20", "--eval-every", "10", "--eval-size", "32", "--hidden-size", "4",
-            "--batch-size", "8", "--workers", "0", "--no-plot", "--quiet", "--out", str(out)]
+    args = tiny_search(out, tasks="recall,adding", max_length=4)
     for _ in range(2):
         assert main(args) == 0
         horizons = pd.read_csv(out / "horizons.csv")
