@@ -113,6 +113,53 @@ def test_sequence_kernel_runs_in_a_plain_forward_pass_and_not_with_kept_states()
 
 
 @needs_kernels
+@pytest.mark.parametrize("name", ["rnn", "gru", "lstm", "bilstm", "peephole", "cifg"])
+def test_a_no_grad_forward_keeps_only_the_last_steps_and_gives_the_same_numbers(name):
+    """Evaluation (no gradient) must not hold the (T, B, k*H) buffers backward needs: at T = 10,000 and
+    256 sequences they took gigabytes. Its outputs are bit for bit those of a training forward."""
+    model = _model(name, torch.float32)
+    x = torch.randn(B, 300, IN, generator=torch.Generator().manual_seed(3))
+    kept = {}
+    real = sequence_ops._FORWARD
+
+    def spy(cell, xh, *rest):
+        c, saved = real(cell, xh, *rest)
+        kept[torch.is_grad_enabled()] = (c.shape[0] if c.numel() else 0, saved.shape[0] if saved.numel() else 0)
+        return c, saved
+
+    sequence_ops._FORWARD = spy
+    try:
+        trained, _ = model(x)
+        trained_kept = kept.pop(False)  # the operator runs inside the autograd.Function, grad mode off
+        with torch.no_grad():
+            evaluated, _ = model(x)
+    finally:
+        sequence_ops._FORWARD = real
+    assert torch.equal(trained.detach(), evaluated)
+    state = {"rnn": 0, "gru": 0, "lstm": 300, "bilstm": 300, "peephole": 300, "cifg": 300}[name]
+    saved = 0 if name == "rnn" else 300
+    assert trained_kept == (state, saved)
+    assert kept[False] == (min(state, 2), min(saved, 1))
+
+
+@needs_kernels
+@pytest.mark.parametrize("cell", list(sequence_ops.CELLS))
+def test_the_forward_operator_without_keep_passes_opcheck(cell):
+    spec = sequence_ops.CELLS[cell]
+    gen = torch.Generator().manual_seed(6)
+    xh = torch.randn(5, 2, 2 + 3, generator=gen)
+    xh[0, :, 2:] = 0
+    weight, bias = torch.randn(spec.gates * 3, 5, generator=gen), torch.randn(spec.gates * 3, generator=gen)
+    p = torch.randn(3, 3, generator=gen) if cell == "peephole" else torch.empty(0)
+    torch.library.opcheck(torch.ops.harness.sequence_forward.default, (cell, xh.clone(), weight, bias, bias, p, False),
+                          test_utils=("test_schema", "test_faketensor"))
+    kept = xh.clone()
+    torch.ops.harness.sequence_forward(cell, kept, weight, bias, bias, p, True)
+    torch.ops.harness.sequence_forward(cell, xh, weight, bias, bias, p, False)
+    assert torch.equal(kept, xh)  # every h_t, written into xh, the same
+
+
+@needs_kernels
 @pytest.mark.parametrize("cell", list(sequence_ops.CELLS) + ["plain"])
 def test_sequence_gradcheck(cell):
     gen = torch.Generator().manual_seed(2)

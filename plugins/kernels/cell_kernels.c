@@ -18,7 +18,7 @@
 #include <string.h>
 
 /* Bumped whenever an exported signature changes; checked by the loader after dlopen. */
-#define HARNESS_CELL_KERNELS_ABI 4
+#define HARNESS_CELL_KERNELS_ABI 5
 int harness_cell_kernels_abi(void) { return HARNESS_CELL_KERNELS_ABI; }
 
 /* The exported kernels split the batch rows between the threads of the OpenMP runtime torch

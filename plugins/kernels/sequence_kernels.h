@@ -10,6 +10,10 @@
    - W (G*H, F): [W_ih W_hh]; bx (G*H): the bias of the product (b_ih + b_hh; for the GRU b_ih, whose
      recurrent part W_hn h + b_hn is kept apart); bhh (G*H): b_hh (GRU only); P (3, H): peepholes.
    - Cout (T, B, H): c_t; S (T, B, k*H): what backward needs per step; Gs (B, G*H): scratch.
+   - keep: 1 keeps Cout and S for every step (backward reads them); 0 (no gradient will be taken) keeps
+     only what the next step reads: Cout has 2 rows (c_t in row t mod 2) and S 1, so that a long
+     no-grad forward (evaluation of 256 sequences of T = 10,000) does not hold (T, B, k*H) buffers.
+     The arithmetic is the same either way.
    - dHout: dL/dh_t from the outputs, element [t, b, j] at t * st + b * sb + j; dX (T, B, G*H):
      dL/d(pre-activations); dR (T, B, G*H): dL/d(recurrent pre-activations), GRU only (the others:
      equal to dX).
@@ -138,7 +142,7 @@ ROWS FN(gru_forward_rows)(int64_t B, int64_t H, int64_t F, const REAL *restrict 
 }
 
 /* Gs (2 x B x 3H): scratch for the input-side and recurrent pre-activations of one step. */
-void FN(gru_sequence_forward)(int64_t T, int64_t B, int64_t H, int64_t I, REAL *XH, const REAL *W,
+void FN(gru_sequence_forward)(int64_t T, int64_t B, int64_t H, int64_t I, int64_t keep, REAL *XH, const REAL *W,
                               const REAL *bx, const REAL *bhh, REAL *S, REAL *Gs) {
     int64_t F = I + H, N = 3 * H;
     REAL *R = Gs + B * N;
@@ -146,7 +150,7 @@ void FN(gru_sequence_forward)(int64_t T, int64_t B, int64_t H, int64_t I, REAL *
         const REAL *row = XH + t * B * F;
         FN(step_product)(B, N, I, bx, row, F, W, F, Gs);
         FN(step_product)(B, N, H, bhh, row + I, F, W + I, F, R);
-        FN(gru_forward_rows)(B, H, F, Gs, R, row + I, XH + (t + 1) * B * F + I, S + t * B * 4 * H);
+        FN(gru_forward_rows)(B, H, F, Gs, R, row + I, XH + (t + 1) * B * F + I, S + (keep ? t : 0) * B * 4 * H);
     }
 }
 
@@ -186,14 +190,18 @@ void FN(gru_sequence_backward)(int64_t T, int64_t B, int64_t H, int64_t I, int64
 }
 
 /* ---- LSTM-type cells: the step kernels of cell_kernels.h inside a loop over time ------------- */
+/* The row of Cout that holds c_t: t itself, or t mod 2 where only the last two are kept. */
+static inline int64_t FN(c_row)(int64_t t, int64_t keep) { return keep ? t : (t & 1); }
+
 /* Gs (B x G*H + B x H): scratch for one step's pre-activations and h; Z (B x H): the zero c_{-1}. */
-void FN(peephole_sequence_forward)(int64_t T, int64_t B, int64_t H, int64_t I, REAL *XH, const REAL *W,
+void FN(peephole_sequence_forward)(int64_t T, int64_t B, int64_t H, int64_t I, int64_t keep, REAL *XH, const REAL *W,
                                    const REAL *bx, const REAL *P, REAL *Cout, REAL *S, REAL *Gs, const REAL *Z) {
     int64_t n = B * H, F = I + H;
     REAL *h = Gs + 4 * n;
     for (int64_t t = 0; t < T; t++) {
         FN(step_product)(B, 4 * H, F, bx, XH + t * B * F, F, W, F, Gs);
-        FN(peephole_forward)(B, H, Gs, t > 0 ? Cout + (t - 1) * n : Z, P, h, Cout + t * n, S + t * 5 * n);
+        FN(peephole_forward)(B, H, Gs, t > 0 ? Cout + FN(c_row)(t - 1, keep) * n : Z, P, h,
+                             Cout + FN(c_row)(t, keep) * n, S + (keep ? t : 0) * 5 * n);
         FN(put_h)(B, H, I, h, XH + (t + 1) * B * F);
     }
 }
@@ -217,13 +225,14 @@ void FN(peephole_sequence_backward)(int64_t T, int64_t B, int64_t H, int64_t I, 
     }
 }
 
-void FN(cifg_sequence_forward)(int64_t T, int64_t B, int64_t H, int64_t I, REAL *XH, const REAL *W,
+void FN(cifg_sequence_forward)(int64_t T, int64_t B, int64_t H, int64_t I, int64_t keep, REAL *XH, const REAL *W,
                                const REAL *bx, REAL *Cout, REAL *S, REAL *Gs, const REAL *Z) {
     int64_t n = B * H, F = I + H;
     REAL *h = Gs + 3 * n;
     for (int64_t t = 0; t < T; t++) {
         FN(step_product)(B, 3 * H, F, bx, XH + t * B * F, F, W, F, Gs);
-        FN(cifg_forward)(B, H, Gs, t > 0 ? Cout + (t - 1) * n : Z, h, Cout + t * n, S + t * 4 * n);
+        FN(cifg_forward)(B, H, Gs, t > 0 ? Cout + FN(c_row)(t - 1, keep) * n : Z, h, Cout + FN(c_row)(t, keep) * n,
+                         S + (keep ? t : 0) * 4 * n);
         FN(put_h)(B, H, I, h, XH + (t + 1) * B * F);
     }
 }

@@ -9,12 +9,13 @@ large GEMM over all steps (docs/performance.md, "Whole-sequence kernels").
 Operators (``torch.library``; ``cell`` is ``rnn``, ``gru``, ``peephole`` or ``cifg``; G gate blocks,
 F = I + H):
 
-- ``harness::sequence_forward(cell, xh, weight, bias_x, b_hh, peepholes) -> (c, saved)``: ``xh``
+- ``harness::sequence_forward(cell, xh, weight, bias_x, b_hh, peepholes, keep=True) -> (c, saved)``: ``xh``
   (T + 1, B, F) holds [x_t, h_{t-1}] in row t; the caller fills the x parts and zeroes the h part of
   row 0 (the initial state is zero), the kernel writes every h_t into row t + 1 (``xh`` is mutated).
   ``weight`` (G*H, F) is [W_ih W_hh], ``bias_x`` its bias (``b_ih + b_hh``; the GRU: ``b_ih``), ``b_hh``
   (read by the GRU only), ``peepholes`` (3, H) or empty. Returns c (T, B, H; empty for rnn and GRU)
-  and what backward needs.
+  and what backward needs (T, B, S*H). With ``keep=False`` (no gradient will be taken) only what the
+  next step reads is kept: c has min(T, 2) rows and saved 1, the same numbers in h either way.
 - ``harness::sequence_backward(cell, grad_h, xh, c, saved, weight, peepholes, peephole_grad)
   -> (grad_gates, grad_recurrent, grad_peepholes)``: ``grad_h`` (T, B, H), any strides with unit
   stride last; the gradients of the pre-activations (T, B, G*H), of the GRU's recurrent-side
@@ -46,7 +47,7 @@ CELLS = {"rnn": _Cell(1, False, 0), "gru": _Cell(3, False, 4), "peephole": _Cell
 
 _LIB = torch.library.Library("harness", "FRAGMENT")
 _LIB.define("sequence_forward(str cell, Tensor(a!) xh, Tensor weight, Tensor bias_x, Tensor b_hh, "
-            "Tensor peepholes) -> (Tensor, Tensor)")
+            "Tensor peepholes, bool keep=True) -> (Tensor, Tensor)")
 _LIB.define("sequence_backward(str cell, Tensor grad_h, Tensor xh, Tensor c, Tensor saved, Tensor weight, "
             "Tensor peepholes, bool peephole_grad) -> (Tensor, Tensor, Tensor)")
 
@@ -115,17 +116,17 @@ def _empty(like: torch.Tensor, *shape: int) -> torch.Tensor:
 
 
 def _forward_fake(cell: str, xh: torch.Tensor, weight: torch.Tensor, bias_x: torch.Tensor, b_hh: torch.Tensor,
-                  peepholes: torch.Tensor):
+                  peepholes: torch.Tensor, keep: bool = True):
     spec, length, batch, hidden, _ = _check("harness::sequence_forward", cell, xh, weight, bias_x=(bias_x, ("G*H",)),
                                             b_hh=(b_hh, ("G*H",)), peepholes=(peepholes, _peephole_shape(cell)))
-    c = _empty(xh, length, batch, hidden) if spec.cell_state else _empty(xh)
-    saved = _empty(xh, length, batch, spec.saved * hidden) if spec.saved else _empty(xh)
+    c = _empty(xh, length if keep else min(length, 2), batch, hidden) if spec.cell_state else _empty(xh)
+    saved = _empty(xh, length if keep else 1, batch, spec.saved * hidden) if spec.saved else _empty(xh)
     return c, saved
 
 
 def _forward_cpu(cell: str, xh: torch.Tensor, weight: torch.Tensor, bias_x: torch.Tensor, b_hh: torch.Tensor,
-                 peepholes: torch.Tensor):
-    c, saved = _forward_fake(cell, xh, weight, bias_x, b_hh, peepholes)
+                 peepholes: torch.Tensor, keep: bool = True):
+    c, saved = _forward_fake(cell, xh, weight, bias_x, b_hh, peepholes, keep)
     if not xh.is_contiguous():
         raise ValueError("harness::sequence_forward: xh must be contiguous (the kernel writes h_t into it)")
     spec, length, batch, hidden, inputs = _check("harness::sequence_forward", cell, xh, weight)
@@ -133,14 +134,16 @@ def _forward_cpu(cell: str, xh: torch.Tensor, weight: torch.Tensor, bias_x: torc
     kernel = _kernel(f"{cell}_sequence_forward", xh.dtype)
     scratch = xh.new_empty(batch, 2 * spec.gates * hidden + hidden)  # alive until the kernel returns
     zero = xh.new_zeros(batch, hidden)
-    head = (length, batch, hidden, inputs, xh.data_ptr(), weight.data_ptr(), bias_x.data_ptr())
-    if cell == "rnn":
-        kernel(*head, scratch.data_ptr())
+    sizes = (length, batch, hidden, inputs)
+    operands = (xh.data_ptr(), weight.data_ptr(), bias_x.data_ptr())
+    if cell == "rnn":  # keeps nothing but h
+        kernel(*sizes, *operands, scratch.data_ptr())
     elif cell == "gru":
-        kernel(*head, b_hh.data_ptr(), saved.data_ptr(), scratch.data_ptr())
+        kernel(*sizes, int(keep), *operands, b_hh.data_ptr(), saved.data_ptr(), scratch.data_ptr())
     else:
         extra = (peepholes.data_ptr(),) if cell == "peephole" else ()
-        kernel(*head, *extra, c.data_ptr(), saved.data_ptr(), scratch.data_ptr(), zero.data_ptr())
+        kernel(*sizes, int(keep), *operands, *extra, c.data_ptr(), saved.data_ptr(), scratch.data_ptr(),
+               zero.data_ptr())
     return c, saved
 
 
@@ -262,7 +265,7 @@ def blas() -> str:
 
 class _Sequence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cell, inputs, w_ih, b_ih, w_hh, b_hh, peepholes):
+    def forward(ctx, cell, inputs, w_ih, b_ih, w_hh, b_hh, peepholes, keep):
         batch, length, size = inputs.shape
         hidden = w_hh.shape[1]
         xh = inputs.new_empty(length + 1, batch, size + hidden)
@@ -270,8 +273,9 @@ class _Sequence(torch.autograd.Function):
         xh[length, :, :size] = 0
         xh[0, :, size:] = 0
         weight = torch.cat([w_ih, w_hh], 1)
-        c, saved = _FORWARD(cell, xh, weight, b_ih if cell == "gru" else b_ih + b_hh, b_hh, peepholes)
-        ctx.save_for_backward(xh, weight, peepholes, c, saved)
+        c, saved = _FORWARD(cell, xh, weight, b_ih if cell == "gru" else b_ih + b_hh, b_hh, peepholes, keep)
+        if keep:
+            ctx.save_for_backward(xh, weight, peepholes, c, saved)
         ctx.cell = cell
         ctx.set_materialize_grads(True)
         return xh[1:, :, size:].transpose(0, 1)
@@ -288,7 +292,7 @@ class _Sequence(torch.autograd.Function):
         rows = grad_x.view(length * batch, -1)
         rows_r = rows if grad_r.numel() == 0 else grad_r.view(length * batch, -1)
         operands = xh[:length].view(length * batch, width)  # row t: [x_t, h_{t-1}]
-        grads: list[torch.Tensor | None] = [None] * 7
+        grads: list[torch.Tensor | None] = [None] * 8  # cell and keep take none
         if need[1]:
             grads[1] = torch.mm(rows, weight[:, :size]).view(length, batch, size).transpose(0, 1)
         if rows_r is rows and (need[2] or need[4]):  # one product for both weights
@@ -337,4 +341,6 @@ def sequence(cell: str, inputs: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Te
     if len({t.dtype for t in tensors.values()}) > 1:
         raise ValueError("inputs and parameters must have one dtype, got "
                          + ", ".join(f"{name} {t.dtype}" for name, t in tensors.items()))
-    return _Sequence.apply(cell, inputs, w_ih, b_ih, w_hh, b_hh, peepholes)
+    # without a gradient to take (evaluation), the kernel keeps only the last step's c and saved values
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in tensors.values())
+    return _Sequence.apply(cell, inputs, w_ih, b_ih, w_hh, b_hh, peepholes, keep)
