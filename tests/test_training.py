@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
+from harness.registry.loader import get_state
 from harness.runs.seeding import GRADIENT_DATA, INIT, TEST_DATA, TRAIN_DATA, VALIDATION_DATA, derive_seed
 from harness.runs.spec import TrialSpec
-from harness.runs.training import build_task, held_out_set, make_generator, run_trial
+from harness.runs.training import build_task, forward_in_row_chunks, held_out_set, make_generator, run_trial
 
 TINY = dict(max_steps=20, eval_every=10, eval_size=64, hidden_size=8, batch_size=16, device="cpu")
 STREAMS = (INIT, TRAIN_DATA, TEST_DATA, VALIDATION_DATA, GRADIENT_DATA)
@@ -100,3 +101,37 @@ def test_clipping_runs_after_backward_and_before_the_step(monkeypatch):
     assert row["status"] == "ok"
     assert [kind for kind, _ in events] == ["clip", "step"] * TINY["max_steps"]
     assert max(norm for kind, norm in events if kind == "clip") <= 0.01 * (1 + 1e-4)
+
+
+@pytest.mark.parametrize("model", get_state().models.names())
+def test_evaluation_in_row_chunks_gives_the_whole_batchs_numbers_bit_for_bit(model, monkeypatch):
+    """Above T = 1024 evaluation runs a held-out batch in row chunks (memory); that must change no
+    number, for a per-step readout (copy) and a last-step one (recall)."""
+    from harness.runs import training
+
+    for task_name in ("copy", "recall"):
+        s = spec(model=model, task=task_name, length=12, eval_size=40, hidden_size=16)
+        task = build_task(s)
+        net = training.build_model(s, task)
+        batches = held_out_set(task, s, torch.device("cpu"), VALIDATION_DATA)
+        whole = training.evaluate(net, task, batches)
+        monkeypatch.setattr(training, "EVAL_ROW_STEPS", 12 * 8)  # 8 rows per chunk: 5 chunks of one batch
+        chunked = training.evaluate(net, task, batches)
+        monkeypatch.undo()
+        assert chunked == whole, (task_name, chunked, whole)
+
+
+def test_row_chunks_are_powers_of_two_of_at_most_the_row_step_budget():
+    from harness.runs.training import EVAL_ROW_STEPS
+
+    calls = []
+
+    def model(part):
+        calls.append(len(part))
+        return part.sum(-1)
+
+    for length, rows in ((1000, [256]), (1024, [256]), (1280, [128, 128]), (10_000, [16] * 16)):
+        calls.clear()
+        out = forward_in_row_chunks(model, torch.ones(256, length, 1))
+        assert calls == rows and out.shape == (256, length), (length, calls)
+        assert max(calls) * length <= EVAL_ROW_STEPS

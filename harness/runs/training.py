@@ -33,6 +33,11 @@ from harness.runs.spec import TrialSpec
 from harness.task_api import Batch, Task
 
 EVAL_BATCH = 256
+# The rows × steps one evaluation forward pass may hold: above T = 1024 a held-out batch goes through
+# the model in row chunks (a power of two: 16 rows at T = 10,000), so that evaluation needs no more
+# memory than training. Every built-in model computes each row on its own, so the outputs are the
+# same bit for bit (tests/test_training.py); the chunks depend on T alone, never on the machine.
+EVAL_ROW_STEPS = EVAL_BATCH * 1024
 
 
 @dataclass
@@ -89,11 +94,19 @@ def evaluate(model: TaskModel, task: Task, batches: list[Batch]) -> tuple[float,
     total = sum(len(b) for b in batches)
     loss = score = 0.0
     for batch in batches:
-        outputs = model(batch.inputs)
+        outputs = forward_in_row_chunks(model, batch.inputs)
         loss += task.loss(outputs, batch).item() * len(batch) / total
         score += task.score(outputs, batch).item() * len(batch) / total
     model.train()
     return loss, score
+
+
+def forward_in_row_chunks(model: TaskModel, inputs: torch.Tensor) -> torch.Tensor:
+    """``model(inputs)``, in chunks of rows of at most ``EVAL_ROW_STEPS`` rows × steps (see there)."""
+    rows = 1 << (max(1, EVAL_ROW_STEPS // max(1, inputs.shape[1])).bit_length() - 1)
+    if rows >= len(inputs):
+        return model(inputs)
+    return torch.cat([model(part) for part in inputs.split(rows)])
 
 
 def base_row(spec: TrialSpec) -> dict[str, Any]:
