@@ -143,23 +143,6 @@ def test_a_no_grad_forward_keeps_only_the_last_steps_and_gives_the_same_numbers(
 
 
 @needs_kernels
-@pytest.mark.parametrize("cell", list(sequence_ops.CELLS))
-def test_the_forward_operator_without_keep_passes_opcheck(cell):
-    spec = sequence_ops.CELLS[cell]
-    gen = torch.Generator().manual_seed(6)
-    xh = torch.randn(5, 2, 2 + 3, generator=gen)
-    xh[0, :, 2:] = 0
-    weight, bias = torch.randn(spec.gates * 3, 5, generator=gen), torch.randn(spec.gates * 3, generator=gen)
-    p = torch.randn(3, 3, generator=gen) if cell == "peephole" else torch.empty(0)
-    torch.library.opcheck(torch.ops.harness.sequence_forward.default, (cell, xh.clone(), weight, bias, bias, p, False),
-                          test_utils=("test_schema", "test_faketensor"))
-    kept = xh.clone()
-    torch.ops.harness.sequence_forward(cell, kept, weight, bias, bias, p, True)
-    torch.ops.harness.sequence_forward(cell, xh, weight, bias, bias, p, False)
-    assert torch.equal(kept, xh)  # every h_t, written into xh, the same
-
-
-@needs_kernels
 @pytest.mark.parametrize("cell", list(sequence_ops.CELLS) + ["plain"])
 def test_sequence_gradcheck(cell):
     gen = torch.Generator().manual_seed(2)
@@ -300,9 +283,13 @@ def test_operators_pass_opcheck(cell):
     weight, bias = torch.randn(spec.gates * 3, 5, generator=gen), torch.randn(spec.gates * 3, generator=gen)
     p = torch.randn(3, 3, generator=gen) if cell == "peephole" else torch.empty(0)
     checks = ("test_schema", "test_faketensor")
-    torch.library.opcheck(torch.ops.harness.sequence_forward.default, (cell, xh.clone(), weight, bias, bias, p),
-                          test_utils=checks)
+    for keep in (True, False):  # False: a forward pass without a gradient to take keeps only the last step
+        torch.library.opcheck(torch.ops.harness.sequence_forward.default,
+                              (cell, xh.clone(), weight, bias, bias, p, keep), test_utils=checks)
+    forward_only = xh.clone()
     c, saved = torch.ops.harness.sequence_forward(cell, xh, weight, bias, bias, p)
+    torch.ops.harness.sequence_forward(cell, forward_only, weight, bias, bias, p, False)
+    assert torch.equal(forward_only, xh)  # every h_t, written into xh, the same
     torch.library.opcheck(torch.ops.harness.sequence_backward.default,
                           (cell, torch.randn(4, 2, 3, generator=gen), xh, c, saved, weight, p, cell == "peephole"),
                           test_utils=checks)
