@@ -198,6 +198,42 @@ forget_bias = 0.0
     assert json.loads(results.loc["cifg", "model_options"])["forget_bias"] == 1.0  # lstm's option stays with lstm
 
 
+def test_command_line_narrows_a_config_files_models_and_their_options(tmp_path, capsys):
+    """A file written for several models runs one of them on its own: options only the others take
+    (shared ``init``, lstm's section) are dropped, not refused; a typo is still refused."""
+    config = tmp_path / "sweep.toml"
+    config.write_text(f"""
+models = ["lstm", "lru"]
+task = "recall"
+lengths = [3]
+seeds = 1
+steps = 10
+eval_every = 10
+eval_size = 64
+hidden_size = 8
+batch_size = 16
+out = "{(tmp_path / 'run').as_posix()}"
+[model_options]
+init = ["default", "chrono"]
+[model_options.lstm]
+forget_bias = 0.0
+""")
+    assert run_cli("--config", str(config), "--models", "lru", "--no-plot", "--quiet") == 0
+    results = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert list(results["model"]) == ["lru"]
+    assert run_cli("--config", str(config), "--models", "lstm", "--no-plot", "--quiet") == 0  # the same folder
+    lstm = pd.read_csv(tmp_path / "run" / "results.csv").query("model == 'lstm'")
+    assert sorted(json.loads(o)["init"] for o in lstm["model_options"]) == ["chrono", "default"]
+    capsys.readouterr()
+    config.write_text(config.read_text().replace("init =", "inti ="))
+    assert run_cli("--config", str(config), "--models", "lru", "--no-plot", "--quiet") == 2
+    assert "no model in this sweep takes option(s) inti" in capsys.readouterr().err
+    # On the command line, an option the named models do not take is still an error.
+    assert run_cli("--models", "lru", "--task", "recall", *TINY, "--model-opt", "init=chrono",
+                   "--out", str(tmp_path / "other")) == 2
+    assert "no model in this sweep takes option(s) init" in capsys.readouterr().err
+
+
 def test_per_task_budgets_from_file_and_command_line(tmp_path):
     from harness.registry.loader import get_state
 

@@ -77,12 +77,29 @@ def sweep_config(args: argparse.Namespace, roles: tuple[str, ...], search: bool 
     from harness.runs.options import parse_items
 
     raw: dict[str, Any] = load_config_file(args.config, roles) if args.config else {}
-    raw.update(S.values_from_args(args, roles))
+    given = S.values_from_args(args, roles)
+    _narrow_file_options(raw, given)
+    raw.update(given)
     raw["model_options"] = parse_items(args.model_opt, "--model-opt", raw.get("model_options"))
     raw["task_options"] = parse_items(args.task_opt, "--task-opt", raw.get("task_options"))
     if search and raw.get("early_stop") is None:
         raw["early_stop"] = raw.get("criterion", "default")
     return SweepConfig.from_raw(raw, roles)
+
+
+def _narrow_file_options(raw: dict[str, Any], given: dict[str, Any]) -> None:
+    """Where the command line narrows a config file's models or tasks (``--models lru`` with a file
+    written for six models), drop the file's options that only the left-out entries take, so that
+    one part of a file's sweep can be run on its own."""
+    from harness.registry.loader import get_state
+    from harness.runs.options import narrowed
+
+    for names_key, table_key, kind in (("models", "model_options", "models"), ("tasks", "task_options", "tasks")):
+        if names_key not in given or not raw.get(table_key):
+            continue
+        registry = getattr(get_state(), kind)
+        written_for = S.name_list(raw[names_key], names_key) if names_key in raw else registry.default_sweep()
+        raw[table_key] = narrowed(raw[table_key], registry, S.name_list(given[names_key], names_key), written_for)
 
 
 def _announce(plan: Any, what: str, grid: bool = True) -> None:

@@ -19,7 +19,7 @@ import inspect
 import itertools
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from harness.errors import HarnessError
@@ -225,6 +225,39 @@ def resolve(table: dict[str, Any], registry: Registry, swept: list[str], flag: s
     unused = sorted(set(shared) - used_shared)
     if unused:
         raise HarnessError(f"{flag}: no {kind} in this sweep takes option(s) {', '.join(unused)}")
+    return result
+
+
+def narrowed(table: dict[str, Any], registry: Registry, names: Sequence[str],
+             written_for: Sequence[str]) -> dict[str, Any]:
+    """A config file's options, written for the entries ``written_for``, in a sweep the command line
+    narrowed to ``names``: shared options that some of the file's entries take but none of
+    ``names`` does, and the sections of entries left out, are dropped. Everything else (a typo
+    included) is left for :func:`resolve` to check."""
+    def taken_by(selection: Sequence[str]) -> set[str] | None:
+        keys: set[str] = set()
+        for name in selection:
+            options, open_ended = builder_options(registry.get(name))
+            if open_ended:
+                return None
+            keys.update(options)
+        return keys
+
+    try:
+        kept = {registry.get(name).name for name in names}
+        taken, meant = taken_by(names), taken_by(written_for)
+    except HarnessError:
+        return table  # an unknown name: the sweep's own check reports it
+    if taken is None or meant is None:
+        return table
+    result: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            if key in registry and registry.get(key).name not in kept:
+                continue
+        elif key in meant and key not in taken:
+            continue
+        result[key] = value
     return result
 
 
