@@ -88,7 +88,7 @@ def sweep_config(args: argparse.Namespace, roles: tuple[str, ...], search: bool 
 
 
 def _narrow_file_options(raw: dict[str, Any], given: dict[str, Any]) -> None:
-    """Where the command line narrows a config file's models or tasks (``--models lru`` with a file
+    """Where the command line narrows a config file's models or tasks (``--models A`` with a file
     written for six models), drop the file's options that only the left-out entries take, so that
     one part of a file's sweep can be run on its own."""
     from harness.registry.loader import get_state
