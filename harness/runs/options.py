@@ -232,7 +232,7 @@ def narrowed(table: dict[str, Any], registry: Registry, names: Sequence[str],
              written_for: Sequence[str]) -> dict[str, Any]:
     """A config file's options, written for the entries ``written_for``, in a sweep the command line
     narrowed to ``names``: shared options that some of the file's entries take but none of
-    ``names`` does, and the sections of entries left out, are dropped. Everything else (a typo
+    ``names`` does, and the sections of the file's entries left out, are dropped. Everything else (a typo
     included) is left for :func:`resolve` to check."""
     def taken_by(selection: Sequence[str]) -> set[str] | None:
         keys: set[str] = set()
@@ -245,6 +245,7 @@ def narrowed(table: dict[str, Any], registry: Registry, names: Sequence[str],
 
     try:
         kept = {registry.get(name).name for name in names}
+        left_out = {registry.get(name).name for name in written_for} - kept
         taken, meant = taken_by(names), taken_by(written_for)
     except HarnessError:
         return table  # an unknown name: the sweep's own check reports it
@@ -253,7 +254,7 @@ def narrowed(table: dict[str, Any], registry: Registry, names: Sequence[str],
     result: dict[str, Any] = {}
     for key, value in table.items():
         if isinstance(value, dict):
-            if key in registry and registry.get(key).name not in kept:
+            if key in registry and registry.get(key).name in left_out:
                 continue
         elif key in meant and key not in taken:
             continue
