@@ -177,9 +177,12 @@ def _horizon_ranking(results: pd.DataFrame, criterion: str, select: str, always:
     names = axes(results) if select != "best" else []
     settings = results.drop_duplicates("config_id").set_index("config_id")["setting"] if names else None
     for task, rows in summary.groupby("task", sort=True):
-        ranked = rows[~rows["unbounded_by_construction"]].sort_values("median", ascending=False)
+        ranked = rows[~rows["unbounded_by_construction"]]
+        ranks = possible_ranks(ranked)
+        order = sorted(range(len(ranked)), key=lambda i: (ranks[i][0], ranks[i][1], -ranked["median"].iloc[i]))
+        ranked = ranked.iloc[order]
         body = []
-        for rank, row in zip(tied_ranks(ranked), ranked.itertuples()):
+        for rank, row in zip((_rank_text(*ranks[i]) for i in order), ranked.itertuples()):
             label = row.model + (f" {settings[row.config_id]}" if settings is not None else "")
             body.append([str(rank), label, H.format_horizon(row._asdict()), str(row.n_seeds)])
         for row in rows[rows["unbounded_by_construction"]].itertuples():
@@ -189,16 +192,34 @@ def _horizon_ranking(results: pd.DataFrame, criterion: str, select: str, always:
     return lines
 
 
-def tied_ranks(ranked: pd.DataFrame) -> list[int]:
-    """Competition ranks (1, 1, 3) of summary rows sorted best first: rows whose horizons read the
-    same (median, interval and bound, e.g. two models both "< 4") share a rank."""
-    ranks: list[int] = []
-    previous = None
-    for position, row in enumerate(ranked.itertuples(), start=1):
-        key = (H.format_horizon(row._asdict()), row.bound)
-        ranks.append(ranks[-1] if key == previous else position)
-        previous = key
+def possible_ranks(summary: pd.DataFrame) -> list[tuple[int, int]]:
+    """The best and worst rank each summary row can hold, given that a censored median is only a
+    bound: "≥ 1000" may lie above "4543" or below it, so neither outranks the other; equal medians
+    share a rank (competition ranking: 1, 1, 3)."""
+    spans = [_median_span(row) for row in summary.to_dict("records")]
+    ranks = []
+    for i, (low, high) in enumerate(spans):
+        others = [span for j, span in enumerate(spans) if j != i]
+        surely_above = sum(other_low > high for other_low, _ in others)
+        maybe_above = sum(other_high > low for _, other_high in others)
+        ranks.append((1 + surely_above, 1 + maybe_above))
     return ranks
+
+
+def _median_span(row: dict) -> tuple[float, float]:
+    """Where a row's median horizon can lie, as displayed (rounded): ≥ m is [m, ∞), < m is below m."""
+    if not math.isfinite(row["median"]):
+        return -math.inf, -math.inf  # no estimate: ranked last
+    median = float(round(row["median"]))
+    if row["bound"] == "above":
+        return median, math.inf
+    if row["bound"] == "below":
+        return -math.inf, median - 0.5
+    return median, median
+
+
+def _rank_text(best: int, worst: int) -> str:
+    return str(best) if best == worst else f"{best}–{worst}"
 
 
 NOTES = ("score: test score at the end of training, mean ± std over seeds (error trials excluded); "
