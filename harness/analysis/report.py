@@ -178,13 +178,14 @@ def _horizon_ranking(results: pd.DataFrame, criterion: str, select: str, always:
     settings = results.drop_duplicates("config_id").set_index("config_id")["setting"] if names else None
     for task, rows in summary.groupby("task", sort=True):
         ranked = rows[~rows["unbounded_by_construction"]]
-        ranks = possible_ranks(ranked)
-        order = sorted(range(len(ranked)), key=lambda i: (ranks[i][0], ranks[i][1], -ranked["median"].iloc[i]))
-        ranked = ranked.iloc[order]
+        best, worst = zip(*possible_ranks(ranked)) if len(ranked) else ((), ())
+        ranked = ranked.assign(best=best, worst=worst).sort_values(["best", "worst", "median"],
+                                                                   ascending=[True, True, False])
         body = []
-        for rank, row in zip((_rank_text(*ranks[i]) for i in order), ranked.itertuples()):
+        for row in ranked.itertuples():
             label = row.model + (f" {settings[row.config_id]}" if settings is not None else "")
-            body.append([str(rank), label, H.format_horizon(row._asdict()), str(row.n_seeds)])
+            rank = str(row.best) if row.best == row.worst else f"{row.best}–{row.worst}"
+            body.append([rank, label, H.format_horizon(row._asdict()), str(row.n_seeds)])
         for row in rows[rows["unbounded_by_construction"]].itertuples():
             body.append(["–", row.model, "not ranked: unbounded by construction", str(row.n_seeds)])
         lines += [f"### {task}", "", *_markdown_table(["rank", "model", "median horizon [95% CI]", "seeds"],
@@ -216,10 +217,6 @@ def _median_span(row: dict) -> tuple[float, float]:
     if row["bound"] == "below":
         return -math.inf, median - 0.5
     return median, median
-
-
-def _rank_text(best: int, worst: int) -> str:
-    return str(best) if best == worst else f"{best}–{worst}"
 
 
 NOTES = ("score: test score at the end of training, mean ± std over seeds (error trials excluded); "
