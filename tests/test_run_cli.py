@@ -89,6 +89,29 @@ def test_growing_the_grid_in_the_same_folder_runs_only_new_trials(tmp_path):
     assert run_cli("--models", "lstm", "--task", "adding", *TINY, "--steps", "30", "--out", str(out)) == 2
 
 
+def test_a_command_killed_outright_is_recorded_from_its_trials_on_resume(tmp_path):
+    """SIGKILL (or a lost machine) leaves run.json without the command's end; the next command
+    completes that record from results.csv: the trials it finished and when the last one did."""
+    from harness.runs.sweep import LOST
+
+    out = tmp_path / "run"
+    args = ["--models", "lstm", "--task", "recall", *TINY, "--out", str(out)]
+    assert run_cli(*args) == 0
+    meta = json.loads((out / "run.json").read_text())
+    killed = {"command": "harness run (killed)", "started_at": meta["invocations"][0]["started_at"]}
+    # as if that command had been killed after its trials finished: run.json as it wrote it at its start
+    meta.update(invocations=[killed], finished_at=None)
+    del meta["trials"]
+    (out / "run.json").write_text(json.dumps(meta))
+    results = pd.read_csv(out / "results.csv")
+    results.iloc[1:].to_csv(out / "results.csv", index=False)  # and one trial had not finished
+    assert run_cli(*args) == 0
+    first, second = json.loads((out / "run.json").read_text())["invocations"]
+    assert first["interrupted"] == LOST and first["trials_ran"] == 3
+    assert first["finished_at"] == max(results["finished_at"].iloc[1:])
+    assert second["trials_ran"] == 1 and second["interrupted"] is None
+
+
 def test_changed_settings_in_existing_folder_are_refused(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli("--models", "lstm", "--task", "recall", *TINY, "--out", str(out)) == 0

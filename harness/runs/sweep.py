@@ -82,7 +82,26 @@ def open_run_folder(plan: SweepPlan) -> Iterator[RunFolder]:
         store = ResultStore(plan.out, key=row_key(state.models, state.tasks))
         pending = any(store.status(s.key) not in FINISHED for s in plan.specs)
         check_resume(plan, list(store.rows.values()), trains=pending or _searches(plan))
-        yield RunFolder(plan.out, store, _previous_metadata(plan.out), store.notes)
+        previous = _previous_metadata(plan.out)
+        if previous is not None:
+            close_lost_invocations(previous, list(store.rows.values()))
+        yield RunFolder(plan.out, store, previous, store.notes)
+
+
+LOST = "no end recorded: the process was killed (SIGKILL, or its machine went down)"
+
+
+def close_lost_invocations(record: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Complete, from results.csv, the record of an earlier command that never recorded its end
+    (killed outright: run.json still says ``finished_at: null``): the trials it finished and when its
+    last one did, so run.json keeps saying where every trial came from."""
+    invocations = record.get("invocations", [])
+    if record.get("finished_at", "") is not None or not invocations or "finished_at" in invocations[-1]:
+        return
+    lost = invocations[-1]
+    finished = sorted(str(row["finished_at"]) for row in rows
+                      if row.get("finished_at") and str(row["finished_at"]) >= lost["started_at"])
+    lost.update(finished_at=finished[-1] if finished else None, trials_ran=len(finished), interrupted=LOST)
 
 
 def _searches(plan: SweepPlan) -> bool:
