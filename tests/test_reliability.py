@@ -22,7 +22,7 @@ TINY = ["--lengths", "3,6", "--seeds", "1", "--steps", "10", "--eval-every", "5"
         "--hidden-size", "8", "--batch-size", "8", "--threads", "1", "--no-plot", "--quiet"]
 
 FAULTY = '''
-import ctypes, os, time
+import ctypes, os, signal, time
 import torch
 from torch import nn
 from harness import hookimpl
@@ -57,6 +57,15 @@ class Sleeper(Base):
         time.sleep(float(os.environ.get("SLEEP", "0.2")))
 
 
+class Drainer(Base):
+    asked = False  # once per worker process: from its first training step, the trial asks for a drain
+    def fault(self):
+        if os.environ.get("DRAIN") and not Drainer.asked:
+            Drainer.asked = True
+            os.kill(os.getppid(), signal.SIGUSR1)
+            time.sleep(0.5)  # the sweep's process has the signal long before this trial ends
+
+
 class Broken(Task):  # misses every abstract member
     name = "broken"
     input_size = output_size = 2
@@ -77,6 +86,7 @@ def register_models(register):
     register("exiter", Exiter, description="calls os._exit(1)")
     register("segfaulter", Segfaulter, description="dereferences NULL")
     register("sleeper", Sleeper, description="sleeps in every forward")
+    register("drainer", Drainer, description="sends its sweep SIGUSR1 from its first trial")
 
 
 @hookimpl
@@ -192,6 +202,26 @@ def test_sigterm_saves_finished_trials_and_stops_the_workers(tmp_path, faulty):
     assert "stopped by SIGTERM" in err and f"--out {out}" in err
     assert len(rows(out)) >= 1 and json.loads((out / "run.json").read_text())["interrupted"] == "SIGTERM"
     wait_for(lambda: not any(alive(w) for w in workers), timeout=10)
+
+
+@pytest.mark.parametrize("command,workers", [("run", "1"), ("run", "2"), ("horizon", "1")])
+def test_sigusr1_drains_the_sweep_keeping_the_trials_in_flight(tmp_path, faulty, command, workers):
+    """SIGUSR1 (sent here by the first trial of each worker, while it runs): no new trial starts, the
+    running ones finish and are saved, exit 138; a resume trains only what was never started."""
+    out = tmp_path / "run"
+    grid = ["--lengths", "3,4,5,6"] if command == "run" else ["--min-length", "3", "--max-length", "6",
+                                                            "--growth", "1.2", "--criterion", "loss:1000"]
+    args = [command, "--plugin", faulty, "--models", "drainer", "--task", "adding", *TINY[2:], *grid,
+            "--workers", workers, "--out", str(out)]
+    drained = harness(*args, env={"DRAIN": "1"})
+    assert drained.returncode == 138, drained.stderr
+    assert "finishing the running trials" in drained.stderr and "stopped by SIGUSR1" in drained.stderr
+    first = rows(out)
+    assert len(first) == int(workers) and set(first["status"]) == {"ok"}  # each worker's trial, finished
+    assert json.loads((out / "run.json").read_text())["interrupted"] == "SIGUSR1"
+    resumed = harness(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(rows(out)) == 4 and json.loads((out / "run.json").read_text())["trials"]["ran"] == 4 - int(workers)
 
 
 def test_workers_exit_when_the_main_process_is_killed(tmp_path, faulty):

@@ -33,7 +33,8 @@ SWEEP_EPILOG = ("Every option can also be set in a TOML file given with --config
                 "instead of dashes; 'steps' for --steps; model_options/task_options as tables). A list of "
                 "values for a training setting or a model/task option is an axis of the sweep. "
                 "Exit status: 0 all trials ran, 1 some trials failed (listed), 2 bad input, "
-                "130 interrupted (Ctrl-C), 143 terminated (SIGTERM).")
+                "130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 138 drained (SIGUSR1: no new trial was started "
+                "and the running ones finished; kill -USR1 PID stops a long sweep without losing them).")
 
 
 def _plugin_options(parser: argparse.ArgumentParser) -> None:

@@ -46,11 +46,33 @@ class Executor(Protocol):
     def submit(self, spec: TrialSpec) -> None:
         """Queue a trial."""
 
+    def drain(self) -> int:
+        """Start no more trials (drop the queued ones and refuse new ones); :meth:`outcomes` ends once
+        the running ones finish. Returns how many queued trials were dropped."""
+
     def outcomes(self) -> Iterator[TrialOutcome]:
         """Yield the outcome of every submitted trial as it finishes (trials may be submitted meanwhile)."""
 
     def close(self) -> None:
         """Stop every worker (running trials are abandoned)."""
+
+
+class TrialQueue:
+    """The trials submitted and not started yet, shared by every executor, with :meth:`drain`."""
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[TrialSpec] = collections.deque()
+        self.draining = False
+
+    def submit(self, spec: TrialSpec) -> None:
+        if not self.draining:
+            self.queue.append(spec)
+
+    def drain(self) -> int:
+        dropped = len(self.queue)
+        self.queue.clear()
+        self.draining = True
+        return dropped
 
 
 def resolve_workers(workers: int | str, device: str, trials: int) -> int:
@@ -78,16 +100,13 @@ def describe_exit(exitcode: int | None) -> str:
 # In this process
 
 
-class InProcessExecutor:
+class InProcessExecutor(TrialQueue):
     """Runs trials one after another in this process (``--workers 0``): no isolation, for debugging."""
 
     def __init__(self, threads: int) -> None:
+        super().__init__()
         self.threads = threads
-        self.queue: collections.deque[TrialSpec] = collections.deque()
         self._prepared = False
-
-    def submit(self, spec: TrialSpec) -> None:
-        self.queue.append(spec)
 
     def outcomes(self) -> Iterator[TrialOutcome]:
         import torch
@@ -214,7 +233,7 @@ class _Worker:
         self.conn.close()
 
 
-class ProcessPoolExecutor:
+class ProcessPoolExecutor(TrialQueue):
     """Runs trials in ``workers`` spawned processes, each with ``threads`` torch threads."""
 
     def __init__(self, workers: int, threads: int, trial_timeout: float | None = None,
@@ -225,13 +244,10 @@ class ProcessPoolExecutor:
         self._shown = 0.0
         self.context = multiprocessing.get_context("spawn")  # fork after OpenMP has started can hang
         self.extra_plugins = os.environ.get("HARNESS_EXTRA_PLUGINS", "")
-        self.queue: collections.deque[TrialSpec] = collections.deque()
+        super().__init__()
         self.workers: list[_Worker] = []
         self.failed_starts = 0
         self._abandoned: list[TrialOutcome] = []
-
-    def submit(self, spec: TrialSpec) -> None:
-        self.queue.append(spec)
 
     def _dispatch(self) -> None:
         idle = [w for w in self.workers if w.spec is None]

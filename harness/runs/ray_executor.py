@@ -24,7 +24,6 @@ executor is made, so the rest of the harness never pays for it.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import sys
@@ -33,6 +32,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.runs.executors import TrialQueue
 from harness.runs.ray_shipping import PluginShipment
 from harness.runs.ray_worker import STARTED, run_reporting_start
 from harness.runs.spec import TrialSpec
@@ -101,7 +101,7 @@ def describe_ray_error(exc: BaseException) -> str:
     return f"Ray failed to run it: {type(exc).__name__}: {text}"
 
 
-class RayExecutor:
+class RayExecutor(TrialQueue):
     """Runs trials as Ray tasks; see the module's docstring.
 
     ``address``: ``None`` starts a private local Ray instance (stopped again by :meth:`close`),
@@ -117,7 +117,7 @@ class RayExecutor:
         self.resources = trial_resources(threads, device, gpus_per_trial)
         self.shipment = PluginShipment.stage()
         self.owns_connection = False
-        self.queue: collections.deque[TrialSpec] = collections.deque()
+        super().__init__()
         #: in-flight tasks (their result generators) -> (spec, when it was handed to Ray, when it started or None)
         self.running: dict[Any, tuple[TrialSpec, float, float | None]] = {}
         self._capacity, self._capacity_read = 0, -CAPACITY_SECONDS
@@ -183,9 +183,6 @@ class RayExecutor:
                     total += _fits(node.get("Resources", {}), self.resources)
             self._capacity, self._capacity_read = total, now
         return self._capacity
-
-    def submit(self, spec: TrialSpec) -> None:
-        self.queue.append(spec)
 
     def _dispatch(self) -> None:
         while self.queue and len(self.running) < self.capacity():

@@ -4,7 +4,9 @@ The folder is locked for the whole run (:mod:`harness.runs.lock`); its rows are 
 the plan (:func:`harness.runs.plan.check_resume`); trials already recorded as ``ok`` or
 ``diverged`` are skipped (``error`` ones run again). Each outcome is appended as it arrives.
 Ctrl-C and SIGTERM stop the sweep the same way: finished trials stay, the command says how to
-resume, and exits 130 or 143.
+resume, and exits 130 or 143; the trials running are lost. SIGUSR1 drains it instead: no new trial
+starts, the running ones finish and are saved, and the command exits 138 (for a long sweep that must
+stop by a deadline without throwing away hours of work in flight).
 """
 
 from __future__ import annotations
@@ -40,15 +42,23 @@ class Interrupted(BaseException):
         self.exit_code = 128 + signum
 
 
+#: The signal that drains a sweep (None where the platform has no SIGUSR1).
+DRAIN_SIGNAL = getattr(signal, "SIGUSR1", None)
+
+
 @contextlib.contextmanager
-def stop_signals() -> Iterator[None]:
-    """Turn SIGTERM (and SIGINT) into :class:`Interrupted` while the sweep runs."""
+def stop_signals(drain: Callable[[], None] | None = None) -> Iterator[None]:
+    """Turn SIGTERM (and SIGINT) into :class:`Interrupted` while the sweep runs, and SIGUSR1 into a
+    call of ``drain`` (start no new trial; the sweep ends when the running ones have finished)."""
     def handler(signum: int, _frame: Any) -> None:
         raise Interrupted(signum)
 
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in previous:
-        signal.signal(s, handler)
+    handlers: dict[int, Any] = {signal.SIGINT: handler, signal.SIGTERM: handler}
+    if drain is not None and DRAIN_SIGNAL is not None:
+        handlers[DRAIN_SIGNAL] = lambda _signum, _frame: drain()
+    previous = {s: signal.getsignal(s) for s in handlers}
+    for s, h in handlers.items():
+        signal.signal(s, h)
     try:
         yield
     finally:
@@ -231,10 +241,20 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
     if progress and hasattr(executor, "watch"):
         executor.watch = recorder.show_running
     interrupted: Interrupted | None = None
+    drained: list[int] = []
+
+    def drain() -> None:
+        drained.append(executor.drain())
+        recorder.bar.write(f"harness: {DRAIN_SIGNAL.name if DRAIN_SIGNAL else 'drain'}: finishing the running "
+                           f"trials, starting no new one ({drained[-1]} queued trial(s) left for a resume)",
+                           file=sys.stderr)
+
     started = time.perf_counter()
     try:
-        with stop_signals():
+        with stop_signals(drain):
             (drive or _drive_all)(executor, recorder, todo, plan)
+        if drained and DRAIN_SIGNAL is not None:
+            interrupted = Interrupted(DRAIN_SIGNAL)
     except KeyboardInterrupt:
         interrupted = Interrupted(signal.SIGINT)
     except Interrupted as stop:

@@ -4,6 +4,8 @@
 # already in a folder are read back, not trained. On a machine with many cores pass the executor:
 #   bash results/horizons/continue.sh --executor ray --workers 16
 # When a part is complete it moves to reproduce.sh (which must train nothing on a fresh clone).
+# To stop without losing the trials in flight: kill -USR1 on the running harness process (it starts
+# no new trial, saves the running ones, exits 138), then stop this script.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # Parts 1 and 2 beyond T = 1000: the same folders and settings; the budget grows above T = 1000.
