@@ -245,9 +245,8 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
 
     def drain() -> None:
         drained.append(executor.drain())
-        recorder.bar.write(f"harness: {DRAIN_SIGNAL.name if DRAIN_SIGNAL else 'drain'}: finishing the running "
-                           f"trials, starting no new one ({drained[-1]} queued trial(s) left for a resume)",
-                           file=sys.stderr)
+        recorder.bar.write(f"harness: SIGUSR1: finishing the running trials, starting no new one "
+                           f"({drained[-1]} queued trial(s) left for a resume)", file=sys.stderr)
 
     started = time.perf_counter()
     try:
