@@ -1,4 +1,4 @@
-"""Issue #20, item 2: the built-in models' training step with the whole-sequence kernels, against its floor.
+"""Issues #20 and #22: the built-in models' training step with the whole-sequence kernels, against its floor.
 
 The floor of a model's training step is the time of its matrix products done as large GEMMs: per
 layer, the forward product of [x_t, h_{t-1}] (T*B rows, I + H columns) with the G*H gate rows, and the
@@ -14,7 +14,7 @@ in rounds, all models interleaved, so a change of the machine's load falls on al
     python benchmarks/sequence_kernels.py --peak --lengths 10000     # one step per fresh process: s, peak RSS
 
 ``--before``: rnn and gru also run their torch.nn module, peephole and cifg the per-step cell loop
-(with its fused step kernels), as they did before the whole-sequence kernels.
+(with its fused step kernels), slstm the graph loop, as they did before their whole-sequence kernels.
 Printed: ms per step, median [min-max] over the rounds, and the ratio of the median to the floor.
 """
 
@@ -49,7 +49,7 @@ def _subject(name: str, before: bool, args: argparse.Namespace, length: int) -> 
     if before and hasattr(core, "kernel"):
         core.kernel = None  # rnn, gru: the torch.nn module
     elif before:
-        core.keep_states = True  # peephole, cifg: the per-step cell loop
+        core.sequence_kernel = False  # peephole, cifg: the per-step cell loop; slstm: the graph loop
     model = TaskModel(core, 10, "last")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-3)
@@ -112,7 +112,7 @@ def _timed(function: Callable[[], None]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="rnn,gru,peephole,cifg,lstm")
+    parser.add_argument("--models", default="rnn,gru,peephole,cifg,lstm,slstm")
     parser.add_argument("--lengths", default="1000")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--hidden-size", type=int, default=64)

@@ -1,12 +1,13 @@
 """Peephole LSTM and CIFG cells (equations in docs/models.md), both on :class:`harness.cells.CellLoop`.
 
 On the CPU, a whole forward pass runs the whole-sequence kernel of :mod:`harness.plugins.kernels`
-(:class:`SequenceLoop`: the loop over time in C, forward and backward), except when the loop must
-keep its per-step states on the graph (``keep_states``, the gradient measurement); then, and for
-any other caller of the cell, ``step`` runs the fused kernels of :mod:`harness.plugins.kernels` (the operators
-``harness::peephole_step`` and ``harness::cifg_step``: same equations, one pass forward and one
-backward); elsewhere, with ``HARNESS_FUSED=0``, or where the kernels cannot be built or loaded, the
-eager equations below, which are the reference. ``cell.implementation`` says which one a cell uses.
+(:class:`~harness.plugins.sequence_loop.SequenceLoop`: the loop over time in C, forward and
+backward), except when the loop must keep its per-step states on the graph (``keep_states``, the
+gradient measurement); then, and for any other caller of the cell, ``step`` runs the fused kernels
+of :mod:`harness.plugins.kernels` (the operators ``harness::peephole_step`` and
+``harness::cifg_step``: same equations, one pass forward and one backward); elsewhere, with
+``HARNESS_FUSED=0``, or where the kernels cannot be built or loaded, the eager equations below,
+which are the reference. ``cell.implementation`` says which one a cell uses.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import math
 import torch
 from harness.plugins import kernels
 from harness.plugins.initialisation import check_init, chrono_t_max, set_gate_biases
+from harness.plugins.sequence_loop import SequenceLoop
 from torch import nn
 
-from harness.cells import CellLoop, GatedCell, State
+from harness.cells import GatedCell, State
 
 
 class _FusedCell(GatedCell):
@@ -92,29 +94,6 @@ class CIFGCell(_FusedCell):
         i = torch.sigmoid(gi)
         c = torch.lerp(c, torch.tanh(gg), i)  # (1 - i) * c + i * g
         return torch.sigmoid(go) * torch.tanh(c), c
-
-
-class SequenceLoop(CellLoop):
-    """The shared cell loop, but a whole sequence in one kernel call where the fused kernels can run it.
-
-    The kernel computes the same equations as ``cell.step`` over the whole sequence from a zero state
-    (tests/test_sequence_kernels.py compares them); anywhere else (another device or dtype, kernels
-    unavailable, TorchScript, or ``keep_states`` set) the per-step loop of :class:`CellLoop` runs."""
-
-    def __init__(self, cell: GatedCell, kind: str) -> None:
-        super().__init__(cell)
-        self.kind = kind
-
-    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cell = self.cell
-        peepholes = getattr(cell, "peephole_weights", None) if getattr(cell, "peepholes", False) else None
-        params = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh, *(() if peepholes is None else
-                                                                               (peepholes,)))
-        if self.keep_states or not kernels.usable(inputs, *params):
-            return super().forward(inputs)
-        features = kernels.sequence(self.kind, inputs, cell.weight_ih, cell.bias_ih, cell.weight_hh, cell.bias_hh,
-                                    peepholes)
-        return features, features[:, -1]
 
 
 def build_peephole(input_size: int, hidden_size: int = 128, peepholes: bool = True, forget_bias: float = 1.0,

@@ -4,6 +4,11 @@
 Gates z, i, f, o from [x_t, h_{t−1}] (one head: a full recurrent matrix R rather than the paper's
 block-diagonal heads); an exponential input gate, a sigmoid or exponential forget gate, a
 normaliser n and a stabiliser m so that no exponential overflows. Equations: docs/models.md.
+
+On the CPU a whole sequence runs in the sLSTM's whole-sequence kernel (:mod:`harness.plugins.kernels`,
+forward and backward in C, like the classic cells); elsewhere, with ``HARNESS_FUSED=0`` or where the
+kernels cannot be loaded, :meth:`SLSTMCell.step` on the cell loop (the graph loop), which is the
+reference.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from harness.plugins.initialisation import check_init, chrono_t_max, set_gate_biases
+from harness.plugins.sequence_loop import SequenceLoop
 
-from harness.cells import CellLoop, GatedCell, State
+from harness.cells import GatedCell, State
 from harness.errors import HarnessError
 
 FORGET_GATES = ("sigmoid", "exp")
@@ -58,7 +64,8 @@ class SLSTMCell(GatedCell):
 def build_slstm(input_size: int, hidden_size: int = 128, forget_gate: Literal["sigmoid", "exp"] = "sigmoid",
                 forget_bias: float = 1.0, init: Literal["default", "chrono"] = "default",
                 chrono_max: int | None = None, chrono_scale: float = 1.0,
-                length: int | None = None) -> CellLoop:
+                length: int | None = None) -> SequenceLoop:
     """sLSTM with one head; ``init="chrono"`` sets forget biases log u and input biases −log u, u ~ U[1, T_max − 1]."""
     t_max = chrono_t_max(chrono_max, chrono_scale, length)
-    return CellLoop(SLSTMCell(input_size, hidden_size, forget_gate, forget_bias, init, t_max))
+    cell = SLSTMCell(input_size, hidden_size, forget_gate, forget_bias, init, t_max)
+    return SequenceLoop(cell, "slstm" if forget_gate == "sigmoid" else "slstm-exp")

@@ -1,10 +1,12 @@
-"""The whole-sequence kernels (rnn, gru, peephole, cifg) against the eager equations, and their fallbacks.
+"""The whole-sequence kernels (rnn, gru, peephole, cifg, slstm) against the eager equations, and their fallbacks.
 
 A damaged cached library is rebuilt before any kernel runs: tests/test_kernel_cache.py (its models
 train through these kernels).
 
-The reference for rnn and gru is their ``torch.nn`` module, for peephole and cifg the eager equations
-of the cells' ``step`` on the per-step loop (``HARNESS_FUSED=0``); both are independent of the C code.
+The reference for rnn and gru is their ``torch.nn`` module, for peephole, cifg and slstm the eager
+equations of the cells' ``step`` on the per-step loop (``HARNESS_FUSED=0``, and for the sLSTM
+``HARNESS_GRAPH_LOOP=0``); both are independent of the C code. The sLSTM is also checked against a
+float64 reference without the stabiliser, at T = 1000 too, in tests/test_modern_models.py.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from harness.plugins import kernels
 from harness.plugins.gated_cell_models import build_cifg, build_peephole
 from harness.plugins.kernels import build, sequence_ops
+from harness.plugins.slstm import build_slstm
 from harness.plugins.torch_rnn_models import build_bilstm, build_gru, build_lstm, build_rnn
 
 B, IN, H = 3, 5, 7
@@ -28,7 +31,9 @@ BUILDERS = {"rnn": build_rnn, "gru": build_gru, "lstm": build_lstm, "bilstm": bu
             "plain": lambda i, h: build_peephole(i, h, peepholes=False), "cifg": build_cifg,
             "rnn-2-layers": lambda i, h: build_rnn(i, h, num_layers=2),
             "gru-2-layers": lambda i, h: build_gru(i, h, num_layers=2),
-            "bilstm-2-layers": lambda i, h: build_bilstm(i, h, num_layers=2)}
+            "bilstm-2-layers": lambda i, h: build_bilstm(i, h, num_layers=2),
+            "slstm": build_slstm, "slstm-exp": lambda i, h: build_slstm(i, h, forget_gate="exp"),
+            "slstm-chrono": lambda i, h: build_slstm(i, h, init="chrono", length=400)}
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}  # relative to the largest magnitude
 
 
@@ -58,8 +63,9 @@ def _run(model, x: torch.Tensor, weights: torch.Tensor, reference: bool):
     runs the eager equations (torch.nn module or the per-step loop with eager steps)."""
     import os
 
-    old = os.environ.get("HARNESS_FUSED")
-    os.environ["HARNESS_FUSED"] = "0" if reference else "1"
+    settings = {"HARNESS_FUSED": "0" if reference else "1", "HARNESS_GRAPH_LOOP": "0" if reference else "1"}
+    old = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     kernels.reset()
     try:
         x = x.detach().clone().requires_grad_(True)
@@ -68,7 +74,8 @@ def _run(model, x: torch.Tensor, weights: torch.Tensor, reference: bool):
         grads = torch.autograd.grad(loss, [x, *model.parameters()])
         implementation = model.implementation
     finally:
-        os.environ.pop("HARNESS_FUSED") if old is None else os.environ.__setitem__("HARNESS_FUSED", old)
+        for name, value in old.items():
+            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
         kernels.reset()
     return features.detach(), grads, implementation
 
@@ -98,22 +105,30 @@ def test_sequence_kernel_equals_the_eager_equations(name, dtype, length, scale):
 @needs_kernels
 def test_sequence_kernel_runs_in_a_plain_forward_pass_and_not_with_kept_states():
     x = torch.randn(B, 6, IN)
-    for name in ("rnn", "gru", "peephole", "cifg"):
+    for name in ("rnn", "gru", "peephole", "cifg", "slstm"):
         model = _model(name, torch.float32)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
             model(x)[0].sum().backward()
         assert "harness::sequence_backward" in {event.name for event in profile.events()}, name
-    for name in ("peephole", "cifg"):  # the gradient measurement: per-step states on the graph
+    for name in ("peephole", "cifg", "slstm"):  # the gradient measurement: per-step states on the graph
         model = _model(name, torch.float32)
         model.keep_states = True
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
             features, _ = model(x)
         assert "harness::sequence_forward" not in {event.name for event in profile.events()}
         assert len(model.states) == 6 and torch.equal(torch.stack(model.states, 1), features)
+    for name, without in (("peephole", "fused-cpu"), ("slstm", "graph-loop")):  # the benchmarks' "before"
+        model = _model(name, torch.float32)
+        assert model.implementation == "fused-cpu"
+        model.sequence_kernel = False
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            model(x)[0].sum().backward()
+        assert "harness::sequence_forward" not in {event.name for event in profile.events()}
+        assert model.implementation == without  # the peephole cell's fused step; the sLSTM's graph loop
 
 
 @needs_kernels
-@pytest.mark.parametrize("name", ["rnn", "gru", "lstm", "bilstm", "peephole", "cifg"])
+@pytest.mark.parametrize("name", ["rnn", "gru", "lstm", "bilstm", "peephole", "cifg", "slstm"])
 def test_a_no_grad_forward_keeps_only_the_last_steps_and_gives_the_same_numbers(name):
     """Evaluation (no gradient) must not hold the (T, B, k*H) buffers backward needs: at T = 10,000 and
     256 sequences they took gigabytes. Its outputs are bit for bit those of a training forward."""
@@ -136,10 +151,11 @@ def test_a_no_grad_forward_keeps_only_the_last_steps_and_gives_the_same_numbers(
     finally:
         sequence_ops._FORWARD = real
     assert torch.equal(trained.detach(), evaluated)
-    state = {"rnn": 0, "gru": 0, "lstm": 300, "bilstm": 300, "peephole": 300, "cifg": 300}[name]
+    state = {"rnn": 0, "gru": 0, "lstm": 300, "bilstm": 300, "peephole": 300, "cifg": 300, "slstm": 300}[name]
     saved = 0 if name == "rnn" else 300
     assert trained_kept == (state, saved)
-    assert kept[False] == (min(state, 2), min(saved, 1))
+    # the sLSTM's next step reads n and m from the saved values, so two rows of them stay, like c
+    assert kept[False] == (min(state, 2), min(saved, 2 if name == "slstm" else 1))
 
 
 @needs_kernels
@@ -161,7 +177,7 @@ def test_sequence_gradcheck(cell):
 
 
 @needs_kernels
-@pytest.mark.parametrize("name", ["rnn", "gru", "peephole", "cifg"])
+@pytest.mark.parametrize("name", ["rnn", "gru", "peephole", "cifg", "slstm"])
 def test_nan_and_inf_propagate_as_in_the_eager_equations(name):
     """A diverging trial must still give NaN (the training loop detects divergence by it), in the rows
     and steps where the eager equations give it, and nowhere else."""
@@ -179,7 +195,7 @@ def test_nan_and_inf_propagate_as_in_the_eager_equations(name):
 
 
 @needs_kernels
-@pytest.mark.parametrize("name", ["rnn", "gru", "peephole", "cifg"])
+@pytest.mark.parametrize("name", ["rnn", "gru", "peephole", "cifg", "slstm"])
 def test_plain_c_gemm_gives_the_same_results(monkeypatch, name):
     """Without torch's BLAS (not found, or failing its check) the C loops compute the same products."""
     monkeypatch.setattr(sequence_ops, "_torch_gemm", lambda: (None, None))
@@ -227,6 +243,9 @@ def test_without_the_kernels_every_model_falls_back_with_one_warning(monkeypatch
         (features.sum() + summary.sum()).backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters())
         assert re.fullmatch(r"(torch\.nn|eager): kernels unavailable: .*no C compiler.*", model.implementation)
+    slstm = _model("slstm", torch.float32)  # a cell without fused steps of its own: the graph loop
+    slstm(x)[0].sum().backward()
+    assert slstm.implementation == "graph-loop"
     assert capfd.readouterr().err.count(WARNING) == 1
     with pytest.raises(RuntimeError, match="unavailable"):
         kernels.sequence("rnn", x, *(torch.zeros(H, s) for s in (IN,)), torch.zeros(H), torch.zeros(H, H),

@@ -1,6 +1,6 @@
 """Fused CPU kernels of the built-in models: the pointwise step of the peephole-LSTM and CIFG cells,
-the whole-sequence loops (forward and backward) of the rnn, GRU, peephole and CIFG cells (the LSTM
-runs the peephole loop with zero peepholes), and the diagonal and selective scans of the modern
+the whole-sequence loops (forward and backward) of the rnn, GRU, peephole, CIFG and sLSTM cells (the
+LSTM runs the peephole loop with zero peepholes), and the diagonal and selective scans of the modern
 recurrent models (:mod:`.scan_ops`: minGRU, minLSTM, LRU, Mamba's S6).
 
 Why: in a Python cell loop on the CPU, the matrix products are as fast as inside the fused

@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-ABI = 5  # must equal HARNESS_CELL_KERNELS_ABI in cell_kernels.c
+ABI = 6  # must equal HARNESS_CELL_KERNELS_ABI in cell_kernels.c
 # the first is compiled (it includes the others)
 SOURCES = ("cell_kernels.c", "cell_kernels.h", "sequence_kernels.h", "scan_kernels.h")
 # exported kernel -> (number of int64 sizes, then number of pointers), for each of _f32, _f64
@@ -50,6 +50,7 @@ FUNCTIONS = {"peephole_forward": (2, 6), "peephole_backward": (2, 9), "cifg_forw
              "gru_sequence_forward": (5, 6), "gru_sequence_backward": (6, 8),
              "peephole_sequence_forward": (5, 8), "peephole_sequence_backward": (6, 11),
              "cifg_sequence_forward": (5, 7), "cifg_sequence_backward": (6, 9),
+             "slstm_sequence_forward": (6, 7), "slstm_sequence_backward": (6, 9),
              "diagonal_scan_forward": (3, 4), "diagonal_scan_backward": (3, 7),
              "complex_scan_forward": (3, 4), "complex_scan_backward": (3, 7),
              "selective_scan_forward": (5, 8), "selective_scan_backward": (5, 13)}

@@ -1,5 +1,5 @@
 /* Fused CPU kernels of the built-in cells: the pointwise step of the peephole-LSTM and CIFG cells
-   (cell_kernels.h), the whole-sequence loops of the rnn, GRU, peephole and CIFG cells
+   (cell_kernels.h), the whole-sequence loops of the rnn, GRU, peephole, CIFG and sLSTM cells
    (sequence_kernels.h), and the diagonal and selective scans of the modern recurrent models
    (scan_kernels.h), forward and backward: one library.
 
@@ -18,7 +18,7 @@
 #include <string.h>
 
 /* Bumped whenever an exported signature changes; checked by the loader after dlopen. */
-#define HARNESS_CELL_KERNELS_ABI 5
+#define HARNESS_CELL_KERNELS_ABI 6
 int harness_cell_kernels_abi(void) { return HARNESS_CELL_KERNELS_ABI; }
 
 /* The exported kernels split the batch rows between the threads of the OpenMP runtime torch

@@ -40,9 +40,23 @@ static inline REAL FN(xtanh)(REAL x) {
     float large = 1.0f - 2.0f / (FN(xexp)(2.0f * x) + 1.0f);
     return fabsf(x) < 0.625f ? small : large;
 }
+/* log(1 + u) for u in [0, 1] (the sLSTM's log-sigmoid): Cephes logf's polynomial on 1 + u written as
+   2^e (1 + x), x in [−0.293, 0.414], without branches; x = u itself below √2 − 1, so small u keep
+   their precision. */
+static inline REAL FN(xlog1p_unit)(REAL u) {
+    int big = u > 0.41421356237f;
+    float x = big ? 0.5f * u - 0.5f : u, e = big ? 1.0f : 0.0f;
+    float z = x * x;
+    float y = ((((((((7.0376836292E-2f * x - 1.1514610310E-1f) * x + 1.1676998740E-1f) * x - 1.2420140846E-1f) * x
+                   + 1.4249322787E-1f) * x - 1.6668057665E-1f) * x + 2.0000714765E-1f) * x - 2.4999993993E-1f) * x
+              + 3.3333331174E-1f) * x * z;
+    y += -2.12194440e-4f * e - 0.5f * z;
+    return x + y + 0.693359375f * e;
+}
 #else
 static inline REAL FN(xexp)(REAL x) { return exp(x); }
 static inline REAL FN(xtanh)(REAL x) { return tanh(x); }
+static inline REAL FN(xlog1p_unit)(REAL u) { return log1p(u); }
 #endif
 static inline REAL FN(xsigmoid)(REAL x) { return (REAL)1 / ((REAL)1 + FN(xexp)(-x)); }
 

@@ -1,9 +1,9 @@
-/* Whole-sequence kernels of one precision: the loop over time of the rnn, GRU, peephole-LSTM and
-   CIFG cells, forward and backward, in C. Included by cell_kernels.c once per precision (after
+/* Whole-sequence kernels of one precision: the loop over time of the rnn, GRU, peephole-LSTM, CIFG
+   and sLSTM cells, forward and backward, in C. Included by cell_kernels.c once per precision (after
    cell_kernels.h, whose row functions the LSTM-type cells reuse), so no include guard.
 
    Layout: row-major, time-major. T steps, B rows, H units, I inputs, F = I + H, G gate blocks (rnn 1,
-   GRU 3 [r, z, n], peephole 4 [i, f, g, o], CIFG 3 [i, g, o]).
+   GRU 3 [r, z, n], peephole 4 [i, f, g, o], CIFG 3 [i, g, o], sLSTM 4 [z, i, f, o]).
    - XH (T + 1, B, F): row t is [x_t, h_{t-1}], the operand of step t's product with W; the caller
      fills the x parts and zeroes the h part of row 0 (the zero initial state); the forward pass
      writes h_t into the h part of row t + 1. Backward reads the h_t from there too.
@@ -250,6 +250,105 @@ void FN(cifg_sequence_backward)(int64_t T, int64_t B, int64_t H, int64_t I, int6
         if (t > 0) {
             FN(output_grad)(D, dHout, t - 1, B, H, st, sb);
             FN(gemm_ab)(B, 3 * H, H, dg, W + I, F, D);
+        }
+    }
+}
+
+/* ---- sLSTM (Beck et al. 2024), one head: gates z, i, f, o from [x_t, h_{t-1}] ------------------
+   log f = log σ(f̃) (or f̃ for the exponential forget gate), m_t = max(log f + m_{t-1}, ĩ),
+   i = exp(ĩ − m_t), f = exp(log f + m_{t-1} − m_t), c_t = f c_{t-1} + i tanh(z̃), n_t = f n_{t-1} + i,
+   h_t = σ(õ) c_t / n_t; the first step has no past (m_1 = ĩ, so i = 1, f = 0 and n_1 = 1).
+   Backward holds the stabiliser m constant: it scales c_t and n_t alike and h_t not at all, so the
+   gradient through the max is zero and the result equals the eager equations' (tests compare).
+   S per step: [tanh z̃, i, f, σ(õ), n_t, m_t, d log f / d f̃], 7H wide; the next step reads n_t and
+   m_t from it, so without keep S has two rows, like Cout. */
+ROWS FN(slstm_forward_rows)(int64_t B, int64_t H, int64_t F, int64_t first, int64_t exp_forget,
+                            const REAL *restrict G, const REAL *restrict Cp, const REAL *restrict Sp,
+                            REAL *restrict C, REAL *restrict S, REAL *restrict Hout) {
+    for (int64_t b = 0; b < B; b++) {
+        const REAL *g = G + b * 4 * H, *cp = Cp + b * H, *sp = Sp + b * 7 * H;
+        REAL *c = C + b * H, *s = S + b * 7 * H, *h = Hout + b * F;
+        /* the seven blocks of s do not overlap (j < H), which the compiler cannot see */
+#if defined(__clang__)
+#pragma clang loop vectorize(assume_safety)
+#elif defined(__GNUC__)
+#pragma GCC ivdep
+#endif
+        for (int64_t j = 0; j < H; j++) {
+            REAL zt = FN(xtanh)(g[j]), ip = g[H + j], fp = g[2 * H + j];
+            REAL og = FN(xsigmoid)(g[3 * H + j]);
+            REAL e = FN(xexp)(fp < 0 ? fp : -fp);  /* log σ(f̃) = min(f̃, 0) − log(1 + e^{−|f̃|}); σ(−f̃) from e */
+            REAL lf = exp_forget ? fp : (fp < 0 ? fp : (REAL)0) - FN(xlog1p_unit)(e);
+            REAL dlf = exp_forget ? (REAL)1 : (fp >= 0 ? e : (REAL)1) / ((REAL)1 + e);
+            /* the first step: a = −∞, so m = ĩ, i = 1, f = 0 */
+            REAL a = first ? ip : lf + sp[5 * H + j];
+            REAL m = a > ip ? a : ip;
+            REAL ig = first ? (REAL)1 : FN(xexp)(ip - m);
+            REAL fg = first ? (REAL)0 : FN(xexp)(a - m);
+            REAL cn = first ? zt : fg * cp[j] + ig * zt;
+            REAL nn = first ? (REAL)1 : fg * sp[4 * H + j] + ig;
+            c[j] = cn;
+            h[j] = og * cn / nn;
+            s[j] = zt; s[H + j] = ig; s[2 * H + j] = fg; s[3 * H + j] = og;
+            s[4 * H + j] = nn; s[5 * H + j] = m; s[6 * H + j] = dlf;
+        }
+    }
+}
+
+/* Gs (B x 4H): scratch for one step's pre-activations; Cout (T or 2, B, H): c_t; S (T or 2, B, 7H);
+   Z (B x 7H): zeros, read as the step before the first. */
+void FN(slstm_sequence_forward)(int64_t T, int64_t B, int64_t H, int64_t I, int64_t keep, int64_t exp_forget,
+                                REAL *XH, const REAL *W, const REAL *bx, REAL *Cout, REAL *S, REAL *Gs,
+                                const REAL *Z) {
+    int64_t n = B * H, F = I + H;
+    for (int64_t t = 0; t < T; t++) {
+        FN(step_product)(B, 4 * H, F, bx, XH + t * B * F, F, W, F, Gs);
+        const REAL *cp = t > 0 ? Cout + FN(c_row)(t - 1, keep) * n : Z;
+        const REAL *sp = t > 0 ? S + FN(c_row)(t - 1, keep) * 7 * n : Z;
+        FN(slstm_forward_rows)(B, H, F, t == 0, exp_forget, Gs, cp, sp, Cout + FN(c_row)(t, keep) * n,
+                               S + FN(c_row)(t, keep) * 7 * n, XH + (t + 1) * B * F + I);
+    }
+}
+
+/* dh (in): dL/dh_t; dc, dn (in: dL/dc_t, dL/dn_t through step t+1; out: the same for t−1); cp, np:
+   c_{t-1}, n_{t-1} (zero before the first step; np's rows are nps apart); writes the step's
+   pre-activation gradients [z̃, ĩ, f̃, õ]. */
+ROWS FN(slstm_backward_rows)(int64_t B, int64_t H, const REAL *restrict dH, REAL *restrict dC, REAL *restrict dN,
+                             const REAL *restrict S, const REAL *restrict Cp, const REAL *restrict Np, int64_t nps,
+                             const REAL *restrict C, REAL *restrict dX) {
+    for (int64_t b = 0; b < B; b++) {
+        const REAL *dh = dH + b * H, *s = S + b * 7 * H, *cp = Cp + b * H, *np = Np + b * nps, *c = C + b * H;
+        REAL *dc = dC + b * H, *dn = dN + b * H, *dx = dX + b * 4 * H;
+        for (int64_t j = 0; j < H; j++) {
+            REAL zt = s[j], ig = s[H + j], fg = s[2 * H + j], og = s[3 * H + j], inv = (REAL)1 / s[4 * H + j];
+            REAL hc = c[j] * inv;  /* c_t / n_t */
+            REAL dct = dc[j] + dh[j] * og * inv;
+            REAL dnt = dn[j] - dh[j] * og * hc * inv;
+            dx[j] = dct * ig * ((REAL)1 - zt * zt);
+            dx[H + j] = (dct * zt + dnt) * ig;
+            dx[2 * H + j] = (dct * cp[j] + dnt * np[j]) * fg * s[6 * H + j];
+            dx[3 * H + j] = dh[j] * hc * og * ((REAL)1 - og);
+            dc[j] = dct * fg;
+            dn[j] = dnt * fg;
+        }
+    }
+}
+
+/* D (B x H): dL/dh_t; E, N2 (B x H): dL/dc_t, dL/dn_t; Z (B x H): zeros (c_0 and n_0). */
+void FN(slstm_sequence_backward)(int64_t T, int64_t B, int64_t H, int64_t I, int64_t st, int64_t sb,
+                                 const REAL *dHout, const REAL *Cout, const REAL *S, const REAL *W, REAL *dX,
+                                 REAL *D, REAL *E, REAL *N2, const REAL *Z) {
+    int64_t n = B * H, F = I + H;
+    FN(output_grad)(D, dHout, T - 1, B, H, st, sb);
+    memset(E, 0, (size_t)n * sizeof(REAL));
+    memset(N2, 0, (size_t)n * sizeof(REAL));
+    for (int64_t t = T - 1; t >= 0; t--) {
+        REAL *dg = dX + t * 4 * n;
+        FN(slstm_backward_rows)(B, H, D, E, N2, S + t * 7 * n, t > 0 ? Cout + (t - 1) * n : Z,
+                                t > 0 ? S + (t - 1) * 7 * n + 4 * H : Z, t > 0 ? 7 * H : H, Cout + t * n, dg);
+        if (t > 0) {
+            FN(output_grad)(D, dHout, t - 1, B, H, st, sb);
+            FN(gemm_ab)(B, 4 * H, H, dg, W + I, F, D);
         }
     }
 }

@@ -6,8 +6,8 @@ arithmetic. Here a C loop over time does each step's product of [x_t, h_{t-1}] w
 (the pointwise backward and the recurrent product for dL/dh_{t-1}); the weight gradients are then one
 large GEMM over all steps (docs/performance.md, "Whole-sequence kernels").
 
-Operators (``torch.library``; ``cell`` is ``rnn``, ``gru``, ``peephole`` or ``cifg``; G gate blocks,
-F = I + H):
+Operators (``torch.library``; ``cell`` is ``rnn``, ``gru``, ``peephole``, ``cifg``, ``slstm`` or
+``slstm-exp`` (the sLSTM with an exponential forget gate); G gate blocks, F = I + H):
 
 - ``harness::sequence_forward(cell, xh, weight, bias_x, b_hh, peepholes, keep=True) -> (c, saved)``: ``xh``
   (T + 1, B, F) holds [x_t, h_{t-1}] in row t; the caller fills the x parts and zeroes the h part of
@@ -15,7 +15,8 @@ F = I + H):
   ``weight`` (G*H, F) is [W_ih W_hh], ``bias_x`` its bias (``b_ih + b_hh``; the GRU: ``b_ih``), ``b_hh``
   (read by the GRU only), ``peepholes`` (3, H) or empty. Returns c (T, B, H; empty for rnn and GRU)
   and what backward needs (T, B, S*H). With ``keep=False`` (no gradient will be taken) only what the
-  next step reads is kept: c has min(T, 2) rows and saved 1, the same numbers in h either way.
+  next step reads is kept: c has min(T, 2) rows and saved 1 (the sLSTM's, whose next step reads its
+  n and m there, min(T, 2)), the same numbers in h either way.
 - ``harness::sequence_backward(cell, grad_h, xh, c, saved, weight, peepholes, peephole_grad)
   -> (grad_gates, grad_recurrent, grad_peepholes)``: ``grad_h`` (T, B, H), any strides with unit
   stride last; the gradients of the pre-activations (T, B, G*H), of the GRU's recurrent-side
@@ -40,10 +41,13 @@ class _Cell(NamedTuple):
     gates: int  # gate blocks G
     cell_state: bool  # whether the state has a c besides h
     saved: int  # width of the per-step values kept for backward, in units of H
+    kernel: str  # the C functions' name: KERNEL_sequence_forward, KERNEL_sequence_backward
+    saved_carried: bool = False  # whether the next step reads the saved values (the sLSTM's n and m)
 
 
-CELLS = {"rnn": _Cell(1, False, 0), "gru": _Cell(3, False, 4), "peephole": _Cell(4, True, 5),
-         "cifg": _Cell(3, True, 4)}
+CELLS = {"rnn": _Cell(1, False, 0, "rnn"), "gru": _Cell(3, False, 4, "gru"), "peephole": _Cell(4, True, 5, "peephole"),
+         "cifg": _Cell(3, True, 4, "cifg"), "slstm": _Cell(4, True, 7, "slstm", True),
+         "slstm-exp": _Cell(4, True, 7, "slstm", True)}
 
 _LIB = torch.library.Library("harness", "FRAGMENT")
 _LIB.define("sequence_forward(str cell, Tensor(a!) xh, Tensor weight, Tensor bias_x, Tensor b_hh, "
@@ -120,7 +124,8 @@ def _forward_fake(cell: str, xh: torch.Tensor, weight: torch.Tensor, bias_x: tor
     spec, length, batch, hidden, _ = _check("harness::sequence_forward", cell, xh, weight, bias_x=(bias_x, ("G*H",)),
                                             b_hh=(b_hh, ("G*H",)), peepholes=(peepholes, _peephole_shape(cell)))
     c = _empty(xh, length if keep else min(length, 2), batch, hidden) if spec.cell_state else _empty(xh)
-    saved = _empty(xh, length if keep else 1, batch, spec.saved * hidden) if spec.saved else _empty(xh)
+    saved_rows = length if keep else min(length, 2) if spec.saved_carried else 1
+    saved = _empty(xh, saved_rows, batch, spec.saved * hidden) if spec.saved else _empty(xh)
     return c, saved
 
 
@@ -131,15 +136,18 @@ def _forward_cpu(cell: str, xh: torch.Tensor, weight: torch.Tensor, bias_x: torc
         raise ValueError("harness::sequence_forward: xh must be contiguous (the kernel writes h_t into it)")
     spec, length, batch, hidden, inputs = _check("harness::sequence_forward", cell, xh, weight)
     weight, bias_x, b_hh, peepholes = (t.contiguous() for t in (weight, bias_x, b_hh, peepholes))
-    kernel = _kernel(f"{cell}_sequence_forward", xh.dtype)
+    kernel = _kernel(f"{spec.kernel}_sequence_forward", xh.dtype)
     scratch = xh.new_empty(batch, 2 * spec.gates * hidden + hidden)  # alive until the kernel returns
-    zero = xh.new_zeros(batch, hidden)
+    zero = xh.new_zeros(batch, (spec.saved if spec.saved_carried else 1) * hidden)  # the state before step 0
     sizes = (length, batch, hidden, inputs)
     operands = (xh.data_ptr(), weight.data_ptr(), bias_x.data_ptr())
     if cell == "rnn":  # keeps nothing but h
         kernel(*sizes, *operands, scratch.data_ptr())
     elif cell == "gru":
         kernel(*sizes, int(keep), *operands, b_hh.data_ptr(), saved.data_ptr(), scratch.data_ptr())
+    elif spec.kernel == "slstm":
+        kernel(*sizes, int(keep), int(cell == "slstm-exp"), *operands, c.data_ptr(), saved.data_ptr(),
+               scratch.data_ptr(), zero.data_ptr())
     else:
         extra = (peepholes.data_ptr(),) if cell == "peephole" else ()
         kernel(*sizes, int(keep), *operands, *extra, c.data_ptr(), saved.data_ptr(), scratch.data_ptr(),
@@ -166,7 +174,7 @@ def _backward_cpu(cell: str, grad_h: torch.Tensor, xh: torch.Tensor, c: torch.Te
     if grad_h.stride(2) != 1:  # any other strides are passed on (a batch-first gradient needs no copy)
         grad_h = grad_h.contiguous()
     xh, c, saved, weight, peepholes = (t.contiguous() for t in (xh, c, saved, weight, peepholes))
-    kernel = _kernel(f"{cell}_sequence_backward", xh.dtype)
+    kernel = _kernel(f"{CELLS[cell].kernel}_sequence_backward", xh.dtype)
     buffers = [xh.new_empty(batch, hidden) for _ in range(3)] + [xh.new_zeros(batch, hidden)]  # alive until return
     scratch = [buffer.data_ptr() for buffer in buffers]
     head = (length, batch, hidden, inputs, grad_h.stride(0), grad_h.stride(1), grad_h.data_ptr())
@@ -313,8 +321,9 @@ class _Sequence(torch.autograd.Function):
 
 def sequence(cell: str, inputs: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor, w_hh: torch.Tensor,
              b_hh: torch.Tensor, peepholes: torch.Tensor | None = None) -> torch.Tensor:
-    """Run ``cell`` (rnn, gru, peephole, cifg) over ``inputs`` (B, T, I) from a zero state; returns every
-    h_t as (B, T, H) (a strided view of the kernel's time-major buffer), differentiable in all arguments.
+    """Run ``cell`` (rnn, gru, peephole, cifg, slstm, slstm-exp) over ``inputs`` (B, T, I) from a zero state;
+    returns every h_t as (B, T, H) (a strided view of the kernel's time-major buffer), differentiable in all
+    arguments.
 
     Parameters in ``torch.nn`` layout: ``w_ih`` (G*H, I), ``w_hh`` (G*H, H), biases (G*H,); ``peepholes``
     (3, H) [p_i, p_f, p_o] for the peephole cell (None: zero). Raises ValueError for wrong shapes,
