@@ -210,6 +210,7 @@ eval_every = 10
 eval_size = 64
 hidden_size = 8
 batch_size = 16
+workers = 0
 out = "{(tmp_path / 'run').as_posix()}"
 [model_options.lstm]
 forget_bias = 0.0
@@ -235,6 +236,7 @@ eval_every = 10
 eval_size = 64
 hidden_size = 8
 batch_size = 16
+workers = 0
 out = "{(tmp_path / 'run').as_posix()}"
 [model_options]
 init = ["default", "chrono"]
