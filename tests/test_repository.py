@@ -112,46 +112,49 @@ def test_committed_runs_resume_with_nothing_to_train(folder, tmp_path):
     assert [s.label for s in plan.specs if store.status(s.key) not in FINISHED] == []
 
 
-@pytest.mark.parametrize("part", ["unidirectional", "bidirectional"])
-def test_the_committed_horizon_reference_resumes_with_nothing_to_train(part, tmp_path):
-    """`bash results/horizons/reproduce.sh` on a fresh clone reads every trial back: none trains."""
-    import json
-    import shutil
-
-    from harness.cli import main
-
-    folder = tmp_path / "results" / "horizons"
-    shutil.copytree(ROOT / "results" / "horizons" / part, folder / part)
-    shutil.copy(ROOT / "results" / "horizons" / f"{part}.toml", folder)
-    config = folder / f"{part}.toml"
-    config.write_text(config.read_text().replace('out = "results/horizons/', f'out = "{folder.as_posix()}/'))
-    record, results = ((folder / part / name).read_bytes() for name in ("run.json", "results.csv"))
-    assert json.loads(record)["trials"]["planned"] > 0
-    assert main(["horizon", "--config", str(config), "--quiet", "--no-plot"]) == 0
-    # a run that trains a trial rewrites run.json with its own record; one that trains none leaves it
-    assert (folder / part / "run.json").read_bytes() == record
-    assert (folder / part / "results.csv").read_bytes() == results
-
-
-def _continued_parts() -> list[tuple[str, list[str]]]:
-    """The (config, extra arguments) of every `harness horizon` command in results/horizons/continue.sh."""
-    script = (ROOT / "results" / "horizons" / "continue.sh").read_text()
-    frontier = re.search(r"^frontier=\((.*)\)$", script, re.M)
+def _script_parts(script: str) -> list[tuple[str, list[str]]]:
+    """The (config, extra arguments) of every `harness horizon` command in results/horizons/SCRIPT: the
+    arguments of a line that passes "${frontier[@]}" are the script's frontier=(...) array."""
+    text = (ROOT / "results" / "horizons" / script).read_text()
+    frontier = re.search(r"^frontier=\((.*)\)$", text, re.M)
     extra = frontier.group(1).split() if frontier else []
     parts = []
-    for line in script.splitlines():
+    for line in text.splitlines():
         found = re.match(r"harness horizon --config (\S+)(.*)$", line.strip())
         if found:
             parts.append((found.group(1), extra if "${frontier[@]}" in found.group(2) else []))
     return parts
 
 
+@pytest.mark.parametrize("config, extra", _script_parts("reproduce.sh"), ids=lambda v: str(v))
+def test_the_committed_horizon_reference_resumes_with_nothing_to_train(config, extra, tmp_path):
+    """`bash results/horizons/reproduce.sh` on a fresh clone reads every trial back: none trains."""
+    import json
+    import shutil
+
+    from harness.cli import main
+
+    part = Path(config).stem
+    folder = tmp_path / "results" / "horizons"
+    shutil.copytree(ROOT / "results" / "horizons" / part, folder / part)
+    shutil.copy(ROOT / config, folder)
+    copied = folder / f"{part}.toml"
+    copied.write_text(copied.read_text().replace('out = "results/horizons/', f'out = "{folder.as_posix()}/'))
+    record, results = ((folder / part / name).read_bytes() for name in ("run.json", "results.csv"))
+    assert json.loads(record)["trials"]["planned"] > 0
+    assert main(["horizon", "--config", str(copied), *extra, "--quiet", "--no-plot"]) == 0
+    # a run that trains a trial rewrites run.json with its own record; one that trains none leaves it
+    assert (folder / part / "run.json").read_bytes() == record
+    assert (folder / part / "results.csv").read_bytes() == results
+
+
 def test_the_parts_still_running_plan_every_built_in_model_and_keep_their_trials(tmp_path):
-    """continue.sh: every part is a valid search; together they cover every built-in model on recall,
-    adding, copy, selective copy and MQAR; the frontier reruns parts 1 and 2 (same folders, larger
-    --max-length), so their finished trials are read back, not trained again. Each part's committed
-    trials are accepted for resuming (same settings and, for every model, the implementation that
-    runs it today: a model that moved to another kernel must have its trials rerun)."""
+    """reproduce.sh and continue.sh: every part is a valid search; together they cover every built-in
+    model on recall, adding, copy, selective copy and MQAR; the frontier runs parts 1 and 2 to
+    T = 10,000 (same folders, larger --max-length, a budget that grows above 1000), so their trials
+    up to 1000 are read back, not trained again. Each part's committed trials are accepted for
+    resuming (same settings and, for every model, the implementation that runs it today: a model
+    that moved to another kernel must have its trials rerun)."""
     import shutil
 
     from harness.cli.commands import sweep_config
@@ -162,9 +165,9 @@ def test_the_parts_still_running_plan_every_built_in_model_and_keep_their_trials
     from harness.runs.settings import GRID, RUN, SEARCH, TRIAL
     from harness.runs.store import ResultStore
 
-    parts = _continued_parts()
-    assert {config for config, _ in parts} >= {"results/horizons/unidirectional.toml",
-                                               "results/horizons/bidirectional.toml"}
+    parts = _script_parts("reproduce.sh") + _script_parts("continue.sh")
+    assert [config for config, extra in parts if extra] == ["results/horizons/unidirectional.toml",
+                                                            "results/horizons/bidirectional.toml"]
     covered: dict[str, set[str]] = {}
     for config, extra in parts:
         args = build_parser().parse_args(["horizon", "--config", str(ROOT / config), *extra])
