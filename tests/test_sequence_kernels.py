@@ -257,6 +257,8 @@ def test_other_devices_and_dtypes_use_torch_nn_or_the_eager_cells():
         model = _model(name, torch.float16)
         assert model.implementation.endswith("no fused kernel for torch.float16")
     assert _model("rnn", torch.float32).to("meta").implementation == "torch.nn: no fused kernel for meta"
+    assert _model("slstm", torch.float16).implementation == "graph-loop"  # its step on the graph loop
+    assert _model("slstm", torch.float32).to("meta").implementation == "graph-loop"
     assert build_rnn(IN, H).implementation in ("fused-cpu", f"torch.nn: kernels {kernels.status()}")
 
 
