@@ -8,8 +8,8 @@
 # no new trial, saves the running ones, exits 138), then stop this script.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# (Parts 1 and 2, the classic models to T = 10,000, are finished: reproduce.sh.)
-harness horizon --config results/horizons/modern.toml "$@"
+# (Parts 1 to 3, the classic and the modern models on recall and adding to T = 10,000, are finished:
+# reproduce.sh.)
 harness horizon --config results/horizons/copy.toml "$@"
 harness horizon --config results/horizons/selective.toml "$@"
 parts=(results/horizons/{unidirectional,bidirectional,modern,copy,selective})
