@@ -1,5 +1,5 @@
-"""``--executor ray``: contained crashes and timeouts, plugin files shipped to the workers, and a one-line
-error without Ray. (The same numbers as local workers: ``tests/test_threads.py``.)
+"""``--executor ray``: the same numbers as local workers, contained crashes and timeouts, plugin files shipped
+to the workers, and a one-line error without Ray.
 
 Tests that start Ray need it installed (``pip install -e ".[test,ray]"``) and are skipped otherwise;
 each runs the ``harness`` command in a fresh process, so Ray starts and stops as it does for a user.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from harness.cli import main
 from harness.errors import HarnessError
 from tests import plugin_sources as src
+from tests.test_threads import numbers
 
 # The issue's "must show" command (without figures and progress bar).
 SWEEP = ["--models", "lstm,rnn", "--task", "recall", "--lengths", "5,10", "--seeds", "2", "--steps", "60",
@@ -36,9 +38,13 @@ def harness_command(*args: str, env: dict[str, str] | None = None) -> subprocess
 
 
 # One Ray sweep serves the tests below (starting Ray and its workers is most of their time): a trial that
-# crashes its worker, one that never returns, and one whose model exists only in the copy of the plugin file
-# that Ray ships to the workers. Each worker's set-up is made slower (6 s) than the trial timeout (4 s).
+# crashes its worker, one that never returns, one whose model exists only in the copy of the plugin file
+# that Ray ships to the workers, and two built-in models whose numbers must match local workers'. Each
+# worker's set-up is made slower (6 s) than the trial timeout (4 s).
 SETUP_SECONDS, TIMEOUT = 6, 4
+BUILT_IN = ["lstm", "rnn"]
+RAY_SWEEP = ["--task", "recall", "--lengths", "5", "--seeds", "1", "--steps", "10", "--eval-every", "5",
+             "--eval-size", "32", "--hidden-size", "4", "--batch-size", "8", "--no-plot", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -49,19 +55,33 @@ def ray_sweep(tmp_path_factory) -> tuple[subprocess.CompletedProcess, pd.DataFra
     plugin.write_text(src.RAY_MODELS.replace("__DRIVER_FILE__", str(plugin)))
     out = folder / "run"
     done = harness_command("run", "--executor", "ray", "--plugin", str(plugin), "--models",
-                           "crashing,sleeping,shipped", "--task", "recall", "--lengths", "5", "--seeds", "1",
-                           "--steps", "10", "--eval-size", "32", "--hidden-size", "4", "--batch-size", "8",
-                           "--trial-timeout", str(TIMEOUT), "--no-plot", "--quiet", "--out", str(out),
+                           ",".join(["crashing", "sleeping", "shipped", *BUILT_IN]), *RAY_SWEEP,
+                           "--trial-timeout", str(TIMEOUT), "--out", str(out),
                            env={"HARNESS_TEST_WORKER_SETUP_SECONDS": str(SETUP_SECONDS)})
     assert (out / "results.csv").exists(), done.stderr
     return done, pd.read_csv(out / "results.csv").set_index("model"), str(plugin)
+
+
+def test_ray_gives_the_numbers_of_local_workers(ray_sweep, tmp_path):
+    """The same rows and learning curves, to the last bit, as the default local workers (no --threads
+    on either run; issue #19)."""
+    done, _, plugin = ray_sweep
+    ray_out = Path(plugin).parent / "run"
+    local_out = tmp_path / "local"
+    assert main(["run", "--plugin", plugin, "--models", ",".join(BUILT_IN), *RAY_SWEEP, "--out", str(local_out)]) == 0
+    local_rows, local_curves = numbers(local_out)
+    ray_rows, ray_curves = numbers(ray_out, models=BUILT_IN)
+    assert set(ray_rows["status"]) == {"ok"}, done.stderr
+    assert len(local_rows) == 2 and set(local_rows["status"]) == {"ok"} and set(local_rows["threads"]) == {1}
+    pd.testing.assert_frame_equal(ray_rows, local_rows)  # score and loss to the last bit, threads too
+    pd.testing.assert_frame_equal(ray_curves, local_curves)
 
 
 def test_a_crash_or_a_timeout_on_ray_is_an_error_row_and_the_rest_finish(ray_sweep):
     done, results, plugin = ray_sweep
     assert done.returncode == 1, done.stderr
     assert list(results["status"].sort_index().items()) == [
-        ("crashing", "error"), ("shipped", "ok"), ("sleeping", "error")]
+        ("crashing", "error"), ("lstm", "ok"), ("rnn", "ok"), ("shipped", "ok"), ("sleeping", "error")]
     assert "its Ray worker process died" in results.loc["crashing", "error"]
     assert "WorkerCrashedError" in results.loc["crashing", "error"]
     assert results.loc["sleeping", "error"] == f"timed out after {TIMEOUT} s (--trial-timeout)"

@@ -1,11 +1,9 @@
-"""The same numbers for any ``--workers`` and either executor without ``--threads``; the thread count
-recorded on every row and compared on resume (issue #19, item 2)."""
+"""The same numbers for any ``--workers`` without ``--threads`` (and on Ray: ``tests/test_ray_executor.py``,
+whose one Ray sweep serves all its tests); the thread count recorded on every row and compared on resume
+(issue #19, item 2)."""
 
 from __future__ import annotations
 
-import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -22,10 +20,14 @@ TINY = ["--models", "rnn", "--task", "adding", "--lengths", "3", "--steps", "4",
         "--eval-size", "16", "--hidden-size", "4", "--batch-size", "4", "--workers", "0", "--no-plot", "--quiet"]
 
 
-def numbers(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The rows' numbers and the learning curves (without wall-clock times), in a fixed order."""
-    rows = pd.read_csv(folder / "results.csv")[NUMBERS].sort_values(["model", "length", "seed"])
+def numbers(folder: Path, models: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows' numbers and the learning curves (without wall-clock times), in a fixed order; only
+    ``models``' where given."""
+    rows = pd.read_csv(folder / "results.csv")[NUMBERS]
     curves = pd.read_csv(folder / "curves.csv").drop(columns="elapsed_seconds")
+    if models is not None:
+        rows, curves = rows[rows["model"].isin(models)], curves[curves["model"].isin(models)]
+    rows = rows.sort_values(["model", "length", "seed"])
     curves = curves.sort_values(["model", "length", "seed", "step"])
     return rows.reset_index(drop=True), curves.reset_index(drop=True)
 
@@ -37,20 +39,12 @@ def default_run(tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
     return numbers(out)
 
 
-@pytest.mark.parametrize("variant", [["--workers", "1"], ["--workers", "2"], ["--executor", "ray"]],
-                         ids=["workers-1", "workers-2", "ray"])
-def test_default_workers_and_executors_give_identical_numbers(variant, default_run, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_default_and_explicit_worker_counts_give_identical_numbers(workers, default_run, tmp_path):
     rows, curves = default_run
     assert len(rows) == 4 and set(rows["status"]) == {"ok"} and set(rows["threads"]) == {1}
     out = tmp_path / "run"
-    if variant[0] == "--executor":
-        if importlib.util.find_spec("ray") is None:
-            pytest.skip("Ray is not installed (pip install -e '.[ray]')")
-        done = subprocess.run([sys.executable, "-m", "harness", "run", *variant, *SWEEP, "--out", str(out)],
-                              capture_output=True, text=True, timeout=300, check=False)
-        assert done.returncode == 0, done.stderr[-3000:]
-    else:
-        assert main(["run", *variant, *SWEEP, "--out", str(out)]) == 0
+    assert main(["run", "--workers", workers, *SWEEP, "--out", str(out)]) == 0
     other_rows, other_curves = numbers(out)
     pd.testing.assert_frame_equal(other_rows, rows)  # score and loss to the last bit, threads too
     pd.testing.assert_frame_equal(other_curves, curves)
