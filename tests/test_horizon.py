@@ -324,3 +324,20 @@ def test_a_grown_budget_trains_longer_and_a_resume_under_another_budget_is_refus
     assert main([*base, "--seeds", "3"]) == 2  # without the rule, T = 8 would have had 4 steps
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "T=8 was trained for 12 steps" in err and "budget there is 4" in err
+
+
+@pytest.mark.parametrize("estimates, above, below, shown", [
+    ([889, 662, 320], [False, False, True], [False] * 3, "≥ 662"),  # the third seed may lie above 889
+    ([100, 200, 300], [False, False, True], [False] * 3, "200"),  # a censored seed beyond the median: exact
+    ([100, 200, 300], [True, False, False], [False] * 3, "≥ 200"),
+    ([781, 640, 320], [False, True, True], [False] * 3, "≥ 640"),
+    ([5, 8, 12], [False] * 3, [True, False, False], "8"),
+    ([5, 5, 12], [False] * 3, [True, True, False], "< 5"),
+])
+def test_the_median_is_a_bound_whenever_a_censored_seed_could_move_it(estimates, above, below, shown):
+    from harness.analysis.horizons import format_horizon, median_bound, median_horizon
+
+    median = median_horizon(estimates)
+    row = {"median": median, "low": median, "high": median, "unbounded_by_construction": False,
+           "bound": median_bound(estimates, above, below, median)}
+    assert format_horizon(row) == shown

@@ -102,6 +102,26 @@ def bootstrap_interval(estimates: list[float], level: float = 0.95, samples: int
     return float(math.exp(low)), float(math.exp(high))
 
 
+def median_bound(estimates: list[float], above: list[bool], below: list[bool], median: float) -> str:
+    """``"above"`` when the median is only a lower bound, ``"below"`` when only an upper one, else ``""``.
+
+    A censored seed's horizon is only known to lie beyond its estimate, so the median is exact only
+    when moving every censored seed as far as it may go leaves it unchanged: (889, 662, 320+) has a
+    median of at least 662, not 662, because the third seed may lie anywhere above 320.
+    """
+    def log_median(values: list[float]) -> float:  # as median_horizon, but keeping 0 and inf
+        kept = np.array([v for v in values if not math.isnan(v)], dtype=float)
+        with np.errstate(divide="ignore"):
+            return float(np.median(np.log(kept))) if kept.size else math.nan
+
+    centre = math.log(median)
+    if log_median([math.inf if up else value for value, up in zip(estimates, above)]) > centre + 1e-9:
+        return "above"
+    if log_median([0.0 if down else value for value, down in zip(estimates, below)]) < centre - 1e-9:
+        return "below"
+    return ""
+
+
 def summarise(seeds: pd.DataFrame) -> pd.DataFrame:
     """Per (model, task, config_id): median horizon over seeds, its interval, and how it is bounded."""
     rows = []
@@ -111,11 +131,7 @@ def summarise(seeds: pd.DataFrame) -> pd.DataFrame:
         low, high = bootstrap_interval(estimates)
         above = group["censored"].eq("above")
         below = group["censored"].eq("below")
-        # the median is censored when at least half of the seeds are censored on the same side
-        tolerance = 1e-9 * median
-        bound = "above" if above.sum() * 2 >= len(group) and median >= group.loc[above, "estimate"].min() - tolerance \
-            else ("below" if below.sum() * 2 >= len(group)
-                  and median <= group.loc[below, "estimate"].max() + tolerance else "")
+        bound = median_bound(estimates, above.tolist(), below.tolist(), median)
         rows.append({"model": model, "task": task, "config_id": config, "criterion": group["criterion"].iloc[0],
                      "median": median, "low": low, "high": high, "n_seeds": len(group), "bound": bound,
                      "seeds_censored_above": int(above.sum()), "seeds_censored_below": int(below.sum()),
