@@ -27,7 +27,8 @@ def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
 
     return {"models": commands.listing, "tasks": commands.listing, "plugins": commands.listing,
             "run": commands.run, "horizon": commands.horizon, "gradients": commands.gradients,
-            "plot": commands.plot, "report": commands.report, "bench": commands.bench}
+            "plot": commands.plot, "report": commands.report, "bench": commands.bench,
+            "merge": commands.merge}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -164,6 +164,23 @@ def horizon(args: argparse.Namespace) -> int:
     return _finish(outcome, out)
 
 
+def merge(args: argparse.Namespace) -> int:
+    import shlex
+
+    from harness.runs.merge import merge_folders
+
+    destination = Path(args.into)
+    command = shlex.join(["harness", "merge", *args.sources, "--into", args.into])
+    outcome = merge_folders([Path(s) for s in args.sources], destination, command)
+    for source, count in outcome.merged.items():
+        print(f"harness: {count} trial(s) from {source}")
+    skipped = [f"{outcome.already} the destination already had"] if outcome.already else []
+    skipped += [f"{outcome.unfinished} unfinished (error)"] if outcome.unfinished else []
+    print(f"harness: merged {outcome.total} trial(s) into {destination}"
+          + (f"; left out: {', '.join(skipped)}" if skipped else ""))
+    return 0
+
+
 def gradients(args: argparse.Namespace) -> int:
     from harness.runs.allocator import tune_malloc
 

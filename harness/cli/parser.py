@@ -20,6 +20,7 @@ examples:
   harness report results/run-*                          tables: scores, horizons, chosen settings
   harness plot results/run-*                            figures from one or more run folders
   harness bench --lengths 200,1000                      ms/step of every model, ratio to the reference model
+  harness merge elsewhere/run --into results/mine      trials trained in another folder (machine) join this one
 
 environment:
   HARNESS_PLUGINS=none|a,b   load no / only these installed plugins (entry-point group 'harness')
@@ -132,6 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     report.add_argument("--threshold", type=float, help="re-derive solved as test score >= this (default: "
                         "each run's own)")
+
+    merge = sub.add_parser(
+        "merge", help="bring the finished trials of other run folders into one (a sweep split across machines)",
+        description="Copy the finished trials of each SOURCE folder (rows, curves, gradients) into --into, an "
+                    "existing run folder, as if they had been trained there: a sweep run partly on another "
+                    "machine, or a trial run ahead of its length search in a scratch folder. A trial the "
+                    "destination has already finished keeps its row. Trials that a resume of the destination "
+                    "would refuse to mix with its own (another implementation of a model, another --threads, "
+                    "another budget rule for the same settings) are refused, and nothing is written. run.json "
+                    "records the merge with the commands that trained the merged trials; horizons.csv, if the "
+                    "destination has one, is recomputed.")
+    merge.add_argument("sources", nargs="+", metavar="SOURCE", help="run folders to take trials from")
+    merge.add_argument("--into", required=True, metavar="DIR", help="the run folder that receives them")
+    _plugin_options(merge)
 
     _bench_parser(sub)
     return parser
