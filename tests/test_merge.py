@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -37,9 +38,10 @@ def test_a_sweep_split_across_folders_merges_into_the_whole(tmp_path, capsys):
     pd.testing.assert_frame_equal(table(part, "curves.csv", curve), table(whole, "curves.csv", curve))
     record = json.loads((part / "run.json").read_text())
     merge = record["invocations"][-1]
-    assert merge["trials_merged"] == 2 and merge["command"].startswith("harness merge")
+    assert merge["trials_merged"] == 2 and merge["command"] == f"harness merge {rest} --into {part}"
     trained_by = json.loads((rest / "run.json").read_text())["invocations"]  # the commands that trained them
     assert merge["merged"] == [{"folder": str(rest), "trials": 2, "invocations": trained_by}]
+    assert trained_by[0]["command"] == shlex.join(["harness", "run", *TINY, "--seeds", "1,", "--out", str(rest)])
     # the merged folder resumes as the whole sweep: nothing left to train, run.json kept
     before = (part / "run.json").read_bytes()
     run(part, "--seeds", "0,1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -45,6 +46,9 @@ def test_sweep_writes_tidy_files(tmp_path, capsys):
     assert meta["settings"]["lr"] == {"recall": [0.001], "adding": [0.01]}  # each task's own rate
     assert {"harness", "torch", "python"} <= set(meta["versions"])
     assert meta["finished_at"] and meta["trials"]["ran"] == 16
+    # the command as given to main(), not the interpreter's own arguments
+    assert meta["command"] == shlex.join(["harness", "run", "--models", "lstm,rnn", "--task", "recall,adding",
+                                          *TINY, "--out", str(out)])
     assert any(p["name"] == "harness.plugins.torch_rnns" for p in meta["plugins"])
     summary = capsys.readouterr().out
     assert "## recall" in summary and "## adding" in summary

@@ -38,8 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     _apply_plugin_options(args)
+    from harness.runs.environment import invoked_as
+
     try:
-        return _commands()[args.command](args)
+        with invoked_as(sys.argv[1:] if argv is None else argv):
+            return _commands()[args.command](args)
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)
         return 2

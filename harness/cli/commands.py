@@ -165,13 +165,11 @@ def horizon(args: argparse.Namespace) -> int:
 
 
 def merge(args: argparse.Namespace) -> int:
-    import shlex
-
+    from harness.runs.environment import command_line
     from harness.runs.merge import merge_folders
 
     destination = Path(args.into)
-    command = shlex.join(["harness", "merge", *args.sources, "--into", args.into])
-    outcome = merge_folders([Path(s) for s in args.sources], destination, command)
+    outcome = merge_folders([Path(s) for s in args.sources], destination, command_line())
     for source, count in outcome.merged.items():
         print(f"harness: {count} trial(s) from {source}")
     skipped = [f"{outcome.already} the destination already had"] if outcome.already else []

@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import shlex
+import sys
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 from harness.errors import HarnessError
+
+_ARGUMENTS: ContextVar[list[str] | None] = ContextVar("harness_arguments", default=None)
+
+
+@contextlib.contextmanager
+def invoked_as(arguments: Sequence[str]) -> Iterator[None]:
+    """Within the block, the command being run is ``harness`` with these arguments (what ``run.json``
+    and a folder's lock record): :func:`harness.cli.main` may be called with its own list."""
+    token = _ARGUMENTS.set(list(arguments))
+    try:
+        yield
+    finally:
+        _ARGUMENTS.reset(token)
+
+
+def command_line() -> str:
+    """The ``harness`` command being run, quoted as a shell would need it."""
+    arguments = _ARGUMENTS.get()
+    return shlex.join(["harness", *(sys.argv[1:] if arguments is None else arguments)])
 
 
 def available_cores() -> int:

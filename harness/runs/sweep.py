@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shlex
 import signal
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.runs.environment import command_line
 from harness.runs.lock import FolderLock, check_writable
 from harness.runs.plan import SweepPlan, check_resume, row_key
 from harness.runs.schema import FINISHED
@@ -86,8 +86,7 @@ def open_run_folder(plan: SweepPlan) -> Iterator[RunFolder]:
     from harness.registry.loader import get_state
 
     check_writable(plan.out)
-    command = shlex.join(["harness", *sys.argv[1:]])
-    with FolderLock(plan.out, command):
+    with FolderLock(plan.out, command_line()):
         state = get_state()
         store = ResultStore(plan.out, key=row_key(state.models, state.tasks))
         pending = any(store.status(s.key) not in FINISHED for s in plan.specs)
@@ -144,7 +143,7 @@ def run_metadata(plan: SweepPlan, previous: dict[str, Any] | None, started_at: s
     from harness.runs.environment import device_details, versions
 
     invocations = list(previous.get("invocations", [])) if previous else []
-    invocations.append({"command": shlex.join(["harness", *sys.argv[1:]]), "started_at": started_at})
+    invocations.append({"command": command_line(), "started_at": started_at})
     return {
         "settings": plan.settings_summary(),
         "axes": plan.axes,
