@@ -78,20 +78,27 @@ def test_a_trial_run_ahead_of_a_search_is_used_by_it(tmp_path):
                                   pd.read_csv(fresh / "horizons.csv")[columns])
 
 
-@pytest.mark.parametrize("difference", ["threads", "implementation"])
+@pytest.mark.parametrize("difference", ["threads", "implementation", "between sources"])
 def test_a_trial_that_does_not_fit_is_refused_and_nothing_is_written(tmp_path, capsys, monkeypatch, difference):
-    mine, other = tmp_path / "mine", tmp_path / "other"
+    mine, other, third = tmp_path / "mine", tmp_path / "other", tmp_path / "third"
     model = ["--models", "mingru"]
-    run(mine, *model, "--seeds", "0,", "--threads", "1")
+    run(mine, "--models", "rnn" if difference == "between sources" else "mingru", "--seeds", "0,", "--threads", "1")
     if difference == "implementation":
         monkeypatch.setenv("HARNESS_FUSED", "0")  # the eager equations instead of the fused kernel
     run(other, *model, "--seeds", "1,", "--threads", "2" if difference == "threads" else "1")
+    sources = [str(other)]
+    if difference == "between sources":  # the destination has no mingru: the sources must agree
+        run(third, *model, "--seeds", "2,", "--threads", "2")
+        sources.append(str(third))
     files = {name: (mine / name).read_bytes() for name in ("results.csv", "curves.csv", "run.json")}
     capsys.readouterr()
-    assert main(["merge", str(other), "--into", str(mine)]) == 2
+    assert main(["merge", *sources, "--into", str(mine)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("harness: error: merge:") and "\n" not in error
-    assert ("--threads 2" if difference == "threads" else "it ran on loop, the destination's trials on kernel") in error
+    expected = {"threads": "--threads 2 (the trials it would join: 1)",
+                "between sources": "--threads 2 (the trials it would join: 1)",
+                "implementation": "it ran on loop (the trials it would join: kernel)"}[difference]
+    assert expected in error
     assert {name: (mine / name).read_bytes() for name in files} == files
 
 

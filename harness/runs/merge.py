@@ -66,7 +66,7 @@ def merge_folders(sources: list[Path], destination: Path, command: str = "harnes
         record = _read_record(destination)
         plan: list[tuple[Path, list[Row], dict[Key, list[Row]], dict[str, Any]]] = []
         outcome = MergeOutcome()
-        taken: set[Key] = set()
+        taken: dict[Key, Row] = {}  # accepted so far, from every source: later ones must fit them too
         for source in sources:
             store = ResultStore(source, key=key)
             source_record = _read_record(source)
@@ -77,9 +77,9 @@ def merge_folders(sources: list[Path], destination: Path, command: str = "harnes
                 elif target.status(identity) in FINISHED or identity in taken:
                     outcome.already += 1
                 else:
-                    _check_fits(row, list(target.rows.values()), record, source_record, source)
+                    _check_fits(row, [*target.rows.values(), *taken.values()], record, source_record, source)
                     rows.append(row)
-                    taken.add(identity)
+                    taken[identity] = row
             wanted = {key(r) for r in rows}
             plan.append((source, rows, _rows_by_trial(source / "curves.csv", CURVE_COLUMNS, wanted), source_record))
         started_at = _now()
@@ -90,8 +90,8 @@ def merge_folders(sources: list[Path], destination: Path, command: str = "harnes
                 if gradients.get(key(row)):
                     append_rows(destination / GRADIENT_FILE, gradients[key(row)], GRADIENT_COLUMNS)
             outcome.merged[str(source)] = len(rows)
-        target.close()
         if outcome.total:
+            target.close()
             merges = [{"folder": str(source), "trials": len(rows),
                        "invocations": source_record.get("invocations", [])}
                       for source, rows, _curves, source_record in plan if rows]
@@ -138,21 +138,21 @@ def _check_fits(row: Row, rows: list[Row], record: dict[str, Any], source_record
     problems = []
     implementations = {str(r.get("implementation") or "") for r in rows if r["model"] == row["model"]} - {""}
     if row.get("implementation") and implementations and row["implementation"] not in implementations:
-        problems.append(f"it ran on {row['implementation']}, the destination's trials on "
-                        f"{', '.join(sorted(implementations))}")
+        problems.append(f"it ran on {row['implementation']} (the trials it would join: "
+                        f"{', '.join(sorted(implementations))})")
     for setting in S.matched_settings():
         theirs = {str(values_from_row(r)[setting.name]) for r in same if r.get(setting.column_name) not in (None, "")}
         if row.get(setting.column_name) not in (None, "") and theirs:
             mine = str(values_from_row(row)[setting.name])
             if mine not in theirs:
-                problems.append(f"{setting.cli_flag} {mine}, the destination's {', '.join(sorted(theirs))}")
+                problems.append(f"{setting.cli_flag} {mine} (the trials it would join: {', '.join(sorted(theirs))})")
     for name in ("steps_growth", "steps_from"):  # the budget rule is outside the identity: compare the runs'
         ours, theirs = record.get("settings", {}).get(name), source_record.get("settings", {}).get(name)
         if same and ours is not None and theirs is not None and ours != theirs:
-            problems.append(f"--{name.replace('_', '-')} {theirs}, the destination's {ours}")
+            problems.append(f"--{name.replace('_', '-')} {theirs} (the destination's: {ours})")
     if problems:
-        raise HarnessError(f"merge: {source} holds {label}, which does not fit the destination: "
-                           f"{'; '.join(problems)}")
+        raise HarnessError(f"merge: {source} holds {label}, which does not fit beside the trials of its "
+                           f"setting: {'; '.join(problems)}; nothing was merged")
 
 
 def _rows_by_trial(path: Path, columns: tuple[str, ...], wanted: set[Key]) -> dict[Key, list[Row]]:
