@@ -66,7 +66,9 @@ def test_a_trial_run_ahead_of_a_search_is_used_by_it(tmp_path):
     tried = pd.read_csv(fresh / "results.csv")
     assert list(tried["length"]) == [2, 4, 8]  # a criterion every trial passes: the search reaches T = 8
     before = len(pd.read_csv(main_folder / "results.csv"))
+    horizons = (main_folder / "horizons.csv").read_bytes()
     assert main([*search, "--max-length", "8", "--out", str(main_folder)]) == 0
+    assert (main_folder / "horizons.csv").read_bytes() == horizons  # the merge wrote what the search writes
     ran = json.loads((main_folder / "run.json").read_text())["invocations"][-1].get("trials_ran", 0)
     assert ran == len(tried) - (before - 1) - 1  # T = 8 was read, not trained
     merged = table(main_folder, "results.csv", NUMBERS)

@@ -116,17 +116,22 @@ def _refresh_horizons(folder: Path) -> None:
     if not path.exists():
         return
     try:
-        held = pd.read_csv(path)[["task", "criterion"]].dropna().drop_duplicates()
+        existing = pd.read_csv(path)
+        held = existing[["task", "criterion"]].dropna().drop_duplicates()
     except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError):
         return  # derived data, damaged: the next horizon command writes it anew
     results = load_results([folder])
     parts = [seed_horizons(results[results["task"] == task], str(criterion))
              for task, criterion in held.itertuples(index=False)]
-    table = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else None
-    if table is None:
+    parts = [p for p in parts if len(p)]
+    if not parts:
         return
-    table = table.sort_values(["model", "task", "config_id", "seed", "criterion"], kind="stable")
+    table = pd.concat(parts, ignore_index=True).sort_values(["model", "task", "config_id", "seed", "criterion"],
+                                                            kind="stable")
     table["first_fail"] = table["first_fail"].astype("Int64")
+    # joined to the file's (now empty) frame as the horizon command joins its kept rows, so that the
+    # columns are written with the same types and a later resume leaves the file byte for byte
+    table = pd.concat([existing.iloc[:0], table], ignore_index=True)
     atomic_write_text(path, table[list(HORIZON_COLUMNS)].to_csv(index=False))
 
 
