@@ -14,7 +14,6 @@ kernels or eager equations), another thread count, or another training budget fo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,8 @@ from harness.runs import settings as S
 from harness.runs.lock import FolderLock
 from harness.runs.schema import CURVE_COLUMNS, FINISHED, GRADIENT_COLUMNS, TRIAL_KEY
 from harness.runs.spec import Key, values_from_row
-from harness.runs.store import ResultStore, Row, Table, append_rows, atomic_write_text, write_json
-
-GRADIENT_FILE = "gradients.csv"
+from harness.runs.store import ResultStore, Row, Table, append_rows, atomic_write_text, default_key, write_json
+from harness.runs.sweep import GRADIENT_FILE, now, read_run_record
 
 
 @dataclass
@@ -63,13 +61,13 @@ def merge_folders(sources: list[Path], destination: Path, command: str = "harnes
         for folder in folders:
             locks.enter_context(FolderLock(folder, command))
         target = ResultStore(destination, key=key)
-        record = _read_record(destination)
+        record = read_run_record(destination) or {}
         plan: list[tuple[Path, list[Row], dict[Key, list[Row]], dict[str, Any]]] = []
         outcome = MergeOutcome()
         taken: dict[Key, Row] = {}  # accepted so far, from every source: later ones must fit them too
         for source in sources:
             store = ResultStore(source, key=key)
-            source_record = _read_record(source)
+            source_record = read_run_record(source) or {}
             rows = []
             for identity, row in sorted(store.rows.items()):
                 if row.get("status") not in FINISHED:
@@ -82,7 +80,7 @@ def merge_folders(sources: list[Path], destination: Path, command: str = "harnes
                     taken[identity] = row
             wanted = {key(r) for r in rows}
             plan.append((source, rows, _rows_by_trial(source / "curves.csv", CURVE_COLUMNS, wanted), source_record))
-        started_at = _now()
+        started_at = now()
         for source, rows, curves, _record in plan:
             gradients = _rows_by_trial(source / GRADIENT_FILE, GRADIENT_COLUMNS, {key(r) for r in rows})
             for row in rows:
@@ -96,7 +94,7 @@ def merge_folders(sources: list[Path], destination: Path, command: str = "harnes
                        "invocations": source_record.get("invocations", [])}
                       for source, rows, _curves, source_record in plan if rows]
             record.setdefault("invocations", []).append(
-                {"command": command, "started_at": started_at, "finished_at": _now(),
+                {"command": command, "started_at": started_at, "finished_at": now(),
                  "trials_merged": outcome.total, "merged": merges})
             write_json(destination / "run.json", record)
             _refresh_horizons(destination)
@@ -164,26 +162,7 @@ def _rows_by_trial(path: Path, columns: tuple[str, ...], wanted: set[Key]) -> di
     """The rows of a per-trial CSV file (curves, gradients) that belong to the ``wanted`` trials."""
     found: dict[Key, list[Row]] = {}
     for row in Table(path, (*TRIAL_KEY, "config_id")).rows:
-        trial = (row["model"], row["task"], int(row["length"]), int(row["seed"]), row["config_id"])
+        trial = default_key(row)
         if trial in wanted:
             found.setdefault(trial, []).append({c: row.get(c, "") for c in columns})
     return found
-
-
-def _read_record(folder: Path) -> dict[str, Any]:
-    path = folder / "run.json"
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise HarnessError(f"{path} is damaged ({exc}); merge needs it to record where trials came from") from None
-    if not isinstance(data, dict):
-        raise HarnessError(f"{path} is damaged (not a JSON object)")
-    return data
-
-
-def _now() -> str:
-    from harness.runs.sweep import now
-
-    return now()

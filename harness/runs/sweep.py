@@ -91,7 +91,7 @@ def open_run_folder(plan: SweepPlan) -> Iterator[RunFolder]:
         store = ResultStore(plan.out, key=row_key(state.models, state.tasks))
         pending = any(store.status(s.key) not in FINISHED for s in plan.specs)
         check_resume(plan, list(store.rows.values()), trains=pending or _searches(plan))
-        previous = _previous_metadata(plan.out)
+        previous = read_run_record(plan.out)
         if previous is not None:
             close_lost_invocations(previous, list(store.rows.values()))
         yield RunFolder(plan.out, store, previous, store.notes)
@@ -121,7 +121,8 @@ def _searches(plan: SweepPlan) -> bool:
     return any(plan.config.get(s.name) is not None for s in S.by_role(S.SEARCH))
 
 
-def _previous_metadata(folder: Path) -> dict[str, Any] | None:
+def read_run_record(folder: Path) -> dict[str, Any] | None:
+    """The folder's run.json (None where it has none); a damaged one is an error that says what to do."""
     path = folder / "run.json"
     if not path.exists():
         return None
