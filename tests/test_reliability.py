@@ -258,6 +258,34 @@ def test_killing_one_worker_marks_only_its_trial(tmp_path, faulty):
     assert rows(out).query("status == 'error'")["error"].str.contains("SIGKILL").all()
 
 
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+def test_a_trial_stopped_mid_way_resumes_from_its_checkpoint_with_the_same_numbers(tmp_path, faulty, stop):
+    """The main process killed outright (or stopped by SIGTERM) while a trial trains: the same
+    command again continues that trial from its last checkpoint, and its row and curve are those of
+    a run never stopped (timings aside); the checkpoint is gone once the row is written."""
+    args = ["run", "--plugin", faulty, "--models", "sleeper", "--task", "adding", *TINY, "--lengths", "3",
+            "--steps", "200", "--eval-every", "10", "--checkpoint-every", "0", "--workers", "1"]
+    whole = tmp_path / "whole"
+    assert harness(*args, "--out", str(whole), env={"SLEEP": "0"}).returncode == 0
+    out = tmp_path / "run"
+    run = start(*args, "--out", str(out), env={"SLEEP": "0.02"})  # a slow model, the same numbers
+    wait_for(lambda: any((out / "checkpoints").glob("*.pt")))
+    workers = workers_of(run.pid)
+    run.send_signal(getattr(signal, stop))
+    run.communicate(timeout=60)
+    wait_for(lambda: not any(alive(w) for w in workers), timeout=15)
+    assert recorded(out) == 0
+    resumed = harness(*args, "--out", str(out), env={"SLEEP": "0"})
+    assert resumed.returncode == 0, resumed.stderr
+    timings = ["train_seconds", "seconds_per_step", "trial_seconds", "finished_at"]
+    pd.testing.assert_frame_equal(rows(out).drop(columns=timings), rows(whole).drop(columns=timings))
+    curves = [pd.read_csv(folder / "curves.csv").drop(columns="elapsed_seconds") for folder in (out, whole)]
+    pd.testing.assert_frame_equal(*curves)
+    continued = json.loads((out / "run.json").read_text())["invocations"][-1]["resumed_from_checkpoints"]
+    assert len(continued) == 1 and 0 < continued[0]["from_step"] < 200
+    assert not (out / "checkpoints").exists()
+
+
 # -- 2. two runs on one folder -----------------------------------------------------------------------------------
 
 def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, faulty):

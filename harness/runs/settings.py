@@ -99,6 +99,12 @@ def workers(value: Any, what: str) -> int | str:
     return non_negative_int(value, what)
 
 
+def seconds_or_off(value: Any, what: str) -> float | str:
+    if isinstance(value, str) and value.strip().lower() == "off":
+        return "off"
+    return non_negative_float(value, what)
+
+
 #: ``--optimizer`` names: Adam (the default) and RMSprop with smoothing α = 0.9, as Tallec & Ollivier (2018)
 #: trained their copy and adding experiments.
 OPTIMIZERS = ("adam", "rmsprop")
@@ -351,6 +357,10 @@ SETTINGS: tuple[Setting, ...] = (
             "evaluation) for this many seconds, or for 10 times the slowest progress interval seen in the sweep "
             "if that is longer, is stopped as hung and recorded as an error (local workers; 0: never)", RUN,
             metavar="SECONDS", example=30.0),
+    Setting("checkpoint_every", seconds_or_off, 60.0, "a running trial saves a checkpoint at its next evaluation "
+            "once this many seconds have passed since the last one, into the run folder's checkpoints/; a stopped "
+            "sweep resumes such a trial from it, with the numbers of an uninterrupted run (0: at every evaluation; "
+            "off: never)", RUN, metavar="SECONDS", example=0.0),
     Setting("executor", executor, "local", "local (a pool of processes on this machine) or ray", RUN,
             metavar="NAME", example="ray"),
     Setting("ray_address", text, None, "with --executor ray: a cluster address, or auto to join the "

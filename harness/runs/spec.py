@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.runs import settings as S
+from harness.runs.checkpoint import CheckpointPlan
 
 Key = tuple[str, str, int, int, str]  # model, task, length, seed, config_id
 
@@ -53,6 +54,8 @@ class TrialSpec:
     model_options: dict[str, Any] = field(default_factory=dict, compare=False)
     task_options: dict[str, Any] = field(default_factory=dict, compare=False)
     axes: tuple[str, ...] = field(default=(), compare=False)  # what varies in the sweep, for labels
+    # where and how often the trial saves a checkpoint (set by the sweep; harness.runs.checkpoint)
+    checkpoint: CheckpointPlan | None = field(default=None, compare=False)
 
     @classmethod
     def build(cls, model: str, task: str, length: int, seed: int, values: Mapping[str, Any],

@@ -4,14 +4,16 @@ The folder is locked for the whole run (:mod:`harness.runs.lock`); its rows are 
 the plan (:func:`harness.runs.plan.check_resume`); trials already recorded as ``ok`` or
 ``diverged`` are skipped (``error`` ones run again). Each outcome is appended as it arrives.
 Ctrl-C and SIGTERM stop the sweep the same way: finished trials stay, the command says how to
-resume, and exits 130 or 143; the trials running are lost. SIGUSR1 drains it instead: no new trial
-starts, the running ones finish and are saved, and the command exits 138 (for a long sweep that must
-stop by a deadline without throwing away hours of work in flight).
+resume, and exits 130 or 143; the trials running continue on resume from their last checkpoint
+(:mod:`harness.runs.checkpoint`), so at most ``--checkpoint-every`` seconds and one evaluation
+interval of each are lost. SIGUSR1 drains it instead: no new trial starts, the running ones finish
+and are saved, and the command exits 138.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.runs import checkpoint
 from harness.runs.environment import command_line
 from harness.runs.lock import FolderLock, check_writable
 from harness.runs.plan import SweepPlan, check_resume, row_key
@@ -181,18 +184,23 @@ class Recorder:
     def __init__(self, folder: RunFolder, total: int, skipped: int, progress: bool) -> None:
         self.folder, self.ran = folder, 0
         self.failed: list[str] = []
+        self.resumed: list[dict[str, Any]] = []  # trials continued from a checkpoint, for run.json
         self.bar = _progress_bar(total, skipped, progress)
 
     def __call__(self, outcome: TrialOutcome, label: str) -> None:
         row = outcome.row
+        if outcome.resumed_from:
+            self.resumed.append({"trial": label, "from_step": outcome.resumed_from})
         if outcome.status == "error":  # an error's partial curves mean nothing; it runs again on resume
-            self.folder.store.add(row, [])
+            self.folder.store.add(row, [])  # (from its checkpoint, if it saved one)
             self.failed.append(label)
             self.bar.write(f"harness: trial {label} failed: {row['error']}")
         else:
             if outcome.gradients:
                 append_rows(self.folder.path / GRADIENT_FILE, outcome.gradients)
             self.folder.store.add(row, outcome.curve)
+            checkpoint.remove(checkpoint.checkpoint_path(self.folder.path, (
+                row["model"], row["task"], row["length"], row["seed"], row["config_id"])))
             if outcome.status == "diverged":
                 self.bar.write(f"harness: trial {label} diverged (non-finite loss) after {row['steps']} steps")
         self.ran += 1
@@ -240,6 +248,8 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
     recorder = Recorder(folder, len(todo), skipped, progress)
     if progress and hasattr(executor, "watch"):
         executor.watch = recorder.show_running
+    if executor_info["checkpoint_every"] != "off":  # (not on a Ray cluster: its machines need not share the folder)
+        executor = Checkpointing(executor, folder.path, float(executor_info["checkpoint_every"]))
     interrupted: Interrupted | None = None
     drained: list[int] = []
 
@@ -272,10 +282,27 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
     metadata["invocations"][-1].update(finished_at=now(), wall_seconds=wall_seconds, trials_ran=recorder.ran,
                                        device=metadata["device"], execution=metadata["execution"],
                                        interrupted=interrupted.args[0] if interrupted else None)
+    if recorder.resumed:
+        metadata["invocations"][-1]["resumed_from_checkpoints"] = recorder.resumed
     metadata.update(finished_at=now(), wall_seconds=wall_seconds,
                     interrupted=interrupted.args[0] if interrupted else None, trials=trials)
     write_json(folder.path / "run.json", metadata)
     return SweepOutcome(folder.store, recorder.ran, skipped, recorder.failed, interrupted)
+
+
+class Checkpointing:
+    """An executor whose trials are told, as they are submitted, where to save their checkpoints."""
+
+    def __init__(self, executor: Any, folder: Path, every_seconds: float) -> None:
+        self.executor, self.folder, self.every_seconds = executor, Path(folder).resolve(), every_seconds
+
+    def submit(self, spec: TrialSpec) -> None:
+        path = checkpoint.checkpoint_path(self.folder, spec.key)
+        self.executor.submit(dataclasses.replace(spec, checkpoint=checkpoint.CheckpointPlan(str(path),
+                                                                                           self.every_seconds)))
+
+    def __getattr__(self, name: str) -> Any:  # drain, outcomes, close: the executor's own
+        return getattr(self.executor, name)
 
 
 def execution_settings(plan: SweepPlan) -> dict[str, Any]:
@@ -283,13 +310,14 @@ def execution_settings(plan: SweepPlan) -> dict[str, Any]:
     any executor (on Ray it requests that many CPUs)."""
     config = plan.config
     threads = config.get("threads") or 1
+    every = config.get("checkpoint_every", checkpoint.EVERY_S)
     if config.executor == "ray":
         return {"executor": "ray", "ray_address": config.ray_address or "local",
                 "threads_per_worker": threads, "gpus_per_trial": config.gpus_per_trial,
-                "trial_timeout": config.trial_timeout}
+                "trial_timeout": config.trial_timeout, "checkpoint_every": "off" if config.ray_address else every}
     return {"executor": config.executor, "workers": plan.workers,
             "threads_per_worker": threads, "trial_timeout": config.trial_timeout,
-            "hang_after": config.get("hang_after")}
+            "hang_after": config.get("hang_after"), "checkpoint_every": every}
 
 
 def _drive_all(executor: Any, recorder: Recorder, todo: list[TrialSpec], plan: SweepPlan) -> None:

@@ -38,6 +38,9 @@ EVAL_BATCH = 256
 # memory than training. Every built-in model computes each row on its own, so the outputs are the
 # same bit for bit (tests/test_training.py); the chunks depend on T alone, never on the machine.
 EVAL_ROW_STEPS = EVAL_BATCH * 1024
+#: The row's columns that training fills in as it goes: what a trial resumed from a checkpoint restores.
+RESUMED_COLUMNS = ("steps", "train_seconds", "seconds_per_step", "score", "loss", "val_score", "val_loss",
+                   "best_val_score", "implementation")
 
 
 @dataclass
@@ -47,6 +50,7 @@ class TrialOutcome:
     row: dict[str, Any]
     curve: list[dict[str, Any]]
     gradients: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int = 0  # the step of the checkpoint the trial continued from (0: it ran from the start)
 
     @property
     def status(self) -> str:
@@ -170,14 +174,17 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
         torch.set_num_threads(spec.threads)
     row = base_row(spec)
     outcome = TrialOutcome(row, [])
+    training = None
     try:
-        Training(spec, row).run(outcome)
+        training = Training(spec, row, started)
+        training.run(outcome)
     except Exception as exc:  # a plugin's failure is recorded, never propagated into the sweep
         row["status"] = "error"
         frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         where = f" (at {portable_path(frame.filename)}:{frame.lineno})" if frame else ""
         row["error"] = portable_text(f"{type(exc).__name__}: {exc}{where}").replace("\n", " ")
-    row["trial_seconds"] = round(time.perf_counter() - started, 4)
+    earlier = training.prior_seconds if training is not None else 0.0  # before the checkpoint it resumed
+    row["trial_seconds"] = round(earlier + time.perf_counter() - started, 4)
     row["finished_at"] = _now()
     return outcome
 
@@ -192,10 +199,12 @@ def make_optimizer(name: str, parameters: Any, lr: float) -> torch.optim.Optimiz
 class Training:
     """A trial's task, model, data streams and optimizer; :meth:`run` trains and evaluates it."""
 
-    def __init__(self, spec: TrialSpec, row: dict[str, Any]) -> None:
+    def __init__(self, spec: TrialSpec, row: dict[str, Any], started: float | None = None) -> None:
         from harness.registry.loader import get_model, get_task, provider
 
         self.spec, self.row = spec, row
+        self.started = time.perf_counter() if started is None else started
+        self.prior_seconds = 0.0  # trial time spent before the checkpoint this run resumed from
         self.device = torch.device(spec.device)
         self.task = build_task(spec)
         self.model = build_model(spec, self.task).to(self.device)
@@ -226,11 +235,14 @@ class Training:
 
     def run(self, outcome: TrialOutcome) -> None:
         spec, row = self.spec, self.row
-        gradients = _GradientProbe.maybe(self, outcome)
-        train_seconds, loss_sum, losses_since_eval, best = 0.0, None, 0, -math.inf
+        progress = self.resume(outcome)
+        gradients = _GradientProbe.maybe(self, outcome, progress)
+        first, train_seconds, best = progress["step"] + 1, progress["train_seconds"], progress["best"]
+        loss_sum, losses_since_eval = None, 0
+        saved = time.perf_counter()
         synchronize(self.device)
         tick = time.perf_counter()
-        for step in range(1, spec.budget + 1):
+        for step in range(first, spec.budget + 1):
             detached = self.step()
             _heartbeat()
             if step == 1:  # what the first training step ran (a cell loop decides at its first pass)
@@ -270,11 +282,75 @@ class Training:
             if self.stops(val_score, val_loss):
                 row["steps_to_solve"] = step
                 break
+            if step != spec.budget and self.checkpoint_due(saved):
+                self.save_checkpoint(outcome, step, train_seconds, best, gradients)
+                saved = time.perf_counter()
             loss_sum, losses_since_eval = None, 0
             tick = time.perf_counter()
         row["solved"] = bool(math.isfinite(row["score"]) and row["score"] >= spec.threshold)
         if gradients is not None:
             gradients.finish(row["steps"])
+
+    # -- checkpoints (harness.runs.checkpoint) ---------------------------------------------------
+
+    def checkpoint_due(self, last_saved: float) -> bool:
+        plan = self.spec.checkpoint
+        return plan is not None and time.perf_counter() - last_saved >= plan.every_seconds
+
+    def checkpoint_identity(self) -> dict[str, Any]:
+        """What a checkpoint must have been written for: this trial, budget, torch version and device."""
+        return {"key": list(self.spec.key), "budget": self.spec.budget, "torch": torch.__version__,
+                "device": str(self.device)}
+
+    def save_checkpoint(self, outcome: TrialOutcome, step: int, train_seconds: float, best: float,
+                        gradients: _GradientProbe | None) -> None:
+        """Save everything the steps after ``step`` depend on, and the trial's progress so far."""
+        from harness.runs import checkpoint
+
+        tensors = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                   "data_rng": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            tensors["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        kind, keys, position, has_gauss, gauss = np.random.get_state(legacy=True)
+        progress = {
+            "step": step, "train_seconds": train_seconds, "best": best,
+            "trial_seconds": self.prior_seconds + time.perf_counter() - self.started,
+            "row": {k: self.row[k] for k in RESUMED_COLUMNS if k in self.row},
+            "curve": outcome.curve, "gradients": outcome.gradients,
+            "gradients_done": sorted(gradients.done) if gradients is not None else [],
+            "numpy_rng": [kind, np.asarray(keys).tolist(), position, has_gauss, gauss],
+            "python_rng": random.getstate(),
+        }
+        plan = self.spec.checkpoint
+        assert plan is not None  # (checkpoint_due said so)
+        checkpoint.save(plan, self.checkpoint_identity(), tensors, progress)
+
+    def resume(self, outcome: TrialOutcome) -> dict[str, Any]:
+        """Continue from the trial's checkpoint if it has one: restore it into the model, optimizer,
+        random streams, row and outcome, and return the progress (``step`` 0: start from scratch)."""
+        from harness.runs import checkpoint
+
+        fresh = {"step": 0, "train_seconds": 0.0, "best": -math.inf, "gradients_done": []}
+        saved = checkpoint.load(self.spec.checkpoint, self.checkpoint_identity()) if self.spec.checkpoint else None
+        if saved is None:
+            return fresh
+        tensors, progress = saved
+        self.model.load_state_dict(tensors["model"])
+        self.optimizer.load_state_dict(tensors["optimizer"])
+        self.generator.set_state(tensors["data_rng"])
+        torch.set_rng_state(tensors["torch_rng"])
+        if "cuda_rng" in tensors:
+            torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
+        kind, keys, position, has_gauss, gauss = progress["numpy_rng"]
+        np.random.set_state((kind, np.array(keys, dtype=np.uint32), position, has_gauss, gauss))
+        version, state, python_gauss = progress["python_rng"]
+        random.setstate((version, tuple(state), python_gauss))
+        self.row.update(progress["row"])
+        outcome.curve[:] = progress["curve"]
+        outcome.gradients[:] = progress["gradients"]
+        outcome.resumed_from = progress["step"]
+        self.prior_seconds = progress["trial_seconds"]
+        return progress
 
     def stops(self, val_score: float, val_loss: float) -> bool:
         """Whether the validation result meets the early-stopping rule (``--early-stop``)."""
@@ -296,19 +372,21 @@ class Training:
 class _GradientProbe:
     """Gradient-flow measurements at chosen steps of a trial (``grad_at``), into the outcome."""
 
-    def __init__(self, training: Training, outcome: TrialOutcome, steps: set[int], at_end: bool) -> None:
+    def __init__(self, training: Training, outcome: TrialOutcome, steps: set[int], at_end: bool,
+                 done: set[int]) -> None:
         self.training, self.outcome, self.steps, self.at_end = training, outcome, steps, at_end
-        self.done: set[int] = set()
-        if 0 in steps:
+        self.done = done  # measured already (by the run a checkpoint was saved in, when resumed)
+        if 0 in steps and 0 not in done:
             self.measure(0, "0")
 
     @classmethod
-    def maybe(cls, training: Training, outcome: TrialOutcome) -> _GradientProbe | None:
+    def maybe(cls, training: Training, outcome: TrialOutcome, progress: dict[str, Any]) -> _GradientProbe | None:
         at = getattr(training.spec, "grad_at", None)
         if not at:
             return None
         parts = {p.strip() for p in str(at).split(",") if p.strip()}
-        return cls(training, outcome, {int(p) for p in parts if p != "end"}, "end" in parts)
+        return cls(training, outcome, {int(p) for p in parts if p != "end"}, "end" in parts,
+                   set(progress["gradients_done"]))
 
     def due(self, step: int) -> bool:
         return step in self.steps
