@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
+from harness.runs.checkpoint import checkpoint_path
 
 TINY = ["--lengths", "3,6", "--seeds", "1", "--steps", "10", "--eval-every", "5", "--eval-size", "32",
         "--hidden-size", "8", "--batch-size", "8", "--threads", "1", "--no-plot", "--quiet"]
@@ -284,6 +285,14 @@ def test_a_trial_stopped_mid_way_resumes_from_its_checkpoint_with_the_same_numbe
     continued = json.loads((out / "run.json").read_text())["invocations"][-1]["resumed_from_checkpoints"]
     assert len(continued) == 1 and 0 < continued[0]["from_step"] < 200
     assert not (out / "checkpoints").exists()
+    stale = out / "checkpoints" / "sleeper-adding-T3-seed0-x.pt"  # as if the process died between row and delete
+    stale.parent.mkdir()
+    stale.write_bytes(b"")
+    key = rows(out).iloc[0]
+    finished = checkpoint_path(out, (key.model, key.task, key.length, key.seed, key.config_id))
+    finished.write_bytes(b"")
+    assert harness(*args, "--out", str(out)).returncode == 0  # trains nothing
+    assert finished.exists() is False and stale.exists()  # only a finished trial's checkpoint is removed
 
 
 # -- 2. two runs on one folder -----------------------------------------------------------------------------------

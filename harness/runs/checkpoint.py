@@ -90,6 +90,14 @@ def remove(path: str | Path) -> None:
         pass
 
 
+def remove_stale(folder: Path, finished: list[tuple[Any, ...]]) -> None:
+    """Delete the checkpoints of trials already finished (a process stopped between writing a
+    trial's row and deleting its checkpoint leaves one behind)."""
+    if (Path(folder) / FOLDER).is_dir():
+        for key in finished:
+            remove(checkpoint_path(folder, key))
+
+
 def _plain(value: Any) -> Any:
     """numpy scalars (a plugin's numbers) as Python values; anything else as its text."""
     item = getattr(value, "item", None)

@@ -230,6 +230,7 @@ def run_sweep(plan: SweepPlan, folder: RunFolder, progress: bool = True,
     for note in folder.notes:
         print(f"harness: note: {note}", file=sys.stderr)
     todo = [s for s in plan.specs if folder.store.status(s.key) not in FINISHED]
+    checkpoint.remove_stale(folder.path, [key for key, row in folder.store.rows.items() if row["status"] in FINISHED])
     skipped = len(plan.specs) - len(todo)
     config = plan.config
     executor_info = execution_settings(plan)
