@@ -112,7 +112,7 @@ def test_a_trial_stopped_twice_resumes_from_its_latest_checkpoint(tmp_path):
     assert_identical(resumed, whole)
 
 
-def test_a_checkpoint_of_another_trial_or_a_damaged_one_is_not_used(tmp_path):
+def test_a_checkpoint_of_another_trial_thread_count_or_a_damaged_one_is_not_used(tmp_path):
     spec = trial(tmp_path, "lstm", seed=1)
     other = trial(tmp_path, "lstm", seed=2)
     stop_after(21)
@@ -124,6 +124,10 @@ def test_a_checkpoint_of_another_trial_or_a_damaged_one_is_not_used(tmp_path):
     fresh = run_trial(spec)
     assert fresh.resumed_from == 0
     assert_identical(fresh, whole)
+    stop_after(21)
+    run_trial(spec)
+    set_heartbeat(None)
+    assert run_trial(dataclasses.replace(spec.replace(threads=2), checkpoint=spec.checkpoint)).resumed_from == 0
     with open(spec.checkpoint.path, "wb") as damaged:
         damaged.write(b"not a checkpoint")
     fresh = run_trial(spec)

@@ -8,7 +8,7 @@ going down, ``--trial-timeout``, a hung trial), the next run of the same command
 trial from its last checkpoint, and the trial's row and curve are those of an uninterrupted run
 bit for bit (timings aside): an evaluation only reads the model, and the steps after it depend only
 on what is saved. A checkpoint is used only by the trial it was written for, under the same torch
-version on the same device; anything else (or a damaged file) starts the trial over. The sweep
+version, device and thread count; anything else (or a damaged file) starts the trial over. The sweep
 deletes a trial's checkpoint once its row is written.
 
 Checkpoints live in the run folder's ``checkpoints/`` (one file per running trial, about three
@@ -28,7 +28,7 @@ from typing import Any
 FOLDER = "checkpoints"
 #: Default seconds between two checkpoints of a trial (``--checkpoint-every``).
 EVERY_S = 60.0
-FORMAT = 1
+FORMAT = 2  # 2: the identity includes the thread count
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def save(plan: CheckpointPlan, identity: dict[str, Any], tensors: dict[str, Any]
 
 def load(plan: CheckpointPlan, identity: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The (tensors, progress) saved for this trial, or None: no file, a damaged one, or one written
-    for another trial, torch version or device."""
+    for another trial, torch version, device or thread count."""
     import torch
 
     path = Path(plan.path)

@@ -298,9 +298,10 @@ class Training:
         return plan is not None and time.perf_counter() - last_saved >= plan.every_seconds
 
     def checkpoint_identity(self) -> dict[str, Any]:
-        """What a checkpoint must have been written for: this trial, budget, torch version and device."""
+        """What a checkpoint must have been written for: this trial and budget, on the same torch version,
+        device and thread count (another count may change the last digits)."""
         return {"key": list(self.spec.key), "budget": self.spec.budget, "torch": torch.__version__,
-                "device": str(self.device)}
+                "device": str(self.device), "threads": self.spec.threads}
 
     def save_checkpoint(self, outcome: TrialOutcome, step: int, train_seconds: float, best: float,
                         gradients: _GradientProbe | None) -> None:
