@@ -245,7 +245,7 @@ class Training:
         for step in range(first, spec.budget + 1):
             detached = self.step()
             _heartbeat()
-            if step == 1:  # what the first training step ran (a cell loop decides at its first pass)
+            if step == first:  # what the first step of this run ran (a cell loop decides at its first pass)
                 row["implementation"] = str(getattr(self.model.core, "implementation", "") or "")
             loss_sum = detached if loss_sum is None else loss_sum + detached
             losses_since_eval += 1
