@@ -148,23 +148,38 @@ def _search(series: list[Series], executor: Any, recorder: Recorder, rows: dict,
         advance(one)
 
 
-def write_horizons(folder: Path, criterion: str) -> pd.DataFrame:
-    """(Re)write ``horizons.csv`` from the folder's results for ``criterion``, keeping other criteria's rows."""
+def write_horizons(folder: Path, criterion: str | None) -> pd.DataFrame:
+    """(Re)write ``horizons.csv`` from the folder's results: for ``criterion``, keeping other criteria's
+    rows; with None, for every (task, criterion) the file already holds (after ``harness merge``)."""
     from harness.analysis.horizons import seed_horizons
     from harness.analysis.results import load_results
 
-    table = seed_horizons(load_results([folder]), criterion)
-    table["first_fail"] = table["first_fail"].astype("Int64")
     path = folder / HORIZON_FILE
-    if path.exists():
-        try:
-            kept = pd.read_csv(path)
-            # the criteria written now: one per task under "default" (recall's and adding's differ)
-            written = set(table["criterion"]) if len(table) else {criterion}
+    try:
+        kept = pd.read_csv(path) if path.exists() else None
+        held = kept[["task", "criterion"]].dropna().drop_duplicates() if kept is not None else None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError):
+        kept = held = None  # a damaged horizons.csv is derived data: write it anew
+    results = load_results([folder])
+    if criterion is not None:
+        table = seed_horizons(results, criterion)
+        written = set(table["criterion"]) if len(table) else {criterion}  # "default": one per task
+        if kept is not None:
             kept = kept[~kept["criterion"].isin(written)]
-            table = pd.concat([kept, table], ignore_index=True)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError):
-            pass  # a damaged horizons.csv is derived data: write it anew
+    else:
+        if held is None:
+            return pd.DataFrame(columns=list(HORIZON_COLUMNS))
+        parts = [seed_horizons(results[results["task"] == task], str(held_criterion))
+                 for task, held_criterion in held.itertuples(index=False)]
+        parts = [part for part in parts if len(part)]
+        if not parts:
+            return pd.DataFrame(columns=list(HORIZON_COLUMNS))
+        table = pd.concat(parts, ignore_index=True).sort_values(["model", "task", "config_id", "seed", "criterion"],
+                                                                kind="stable")
+        kept = kept.iloc[:0] if kept is not None else None  # (joined empty: the columns keep the file's types)
+    table["first_fail"] = table["first_fail"].astype("Int64")
+    if kept is not None:
+        table = pd.concat([kept, table], ignore_index=True)
     atomic_write_text(path, table[list(HORIZON_COLUMNS)].to_csv(index=False))
     return table
 

@@ -20,10 +20,11 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.runs import settings as S
+from harness.runs.horizon import write_horizons
 from harness.runs.lock import FolderLock
 from harness.runs.schema import CURVE_COLUMNS, FINISHED, GRADIENT_COLUMNS, TRIAL_KEY
 from harness.runs.spec import Key, values_from_row
-from harness.runs.store import ResultStore, Row, Table, append_rows, atomic_write_text, default_key, write_json
+from harness.runs.store import ResultStore, Row, Table, append_rows, default_key, write_json
 from harness.runs.sweep import GRADIENT_FILE, now, read_run_record
 
 
@@ -97,40 +98,8 @@ def merge_folders(sources: list[Path], destination: Path, command: str = "harnes
                 {"command": command, "started_at": started_at, "finished_at": now(),
                  "trials_merged": outcome.total, "merged": merges})
             write_json(destination / "run.json", record)
-            _refresh_horizons(destination)
+            write_horizons(destination, None)  # for every criterion it holds
     return outcome
-
-
-def _refresh_horizons(folder: Path) -> None:
-    """Recompute ``horizons.csv`` (when the folder has one) from all its trials, for each task under the
-    criteria it already holds, in the order the horizon command writes it."""
-    import pandas as pd
-
-    from harness.analysis.horizons import seed_horizons
-    from harness.analysis.results import load_results
-    from harness.runs.horizon import HORIZON_COLUMNS, HORIZON_FILE
-
-    path = folder / HORIZON_FILE
-    if not path.exists():
-        return
-    try:
-        existing = pd.read_csv(path)
-        held = existing[["task", "criterion"]].dropna().drop_duplicates()
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError):
-        return  # derived data, damaged: the next horizon command writes it anew
-    results = load_results([folder])
-    parts = [seed_horizons(results[results["task"] == task], str(criterion))
-             for task, criterion in held.itertuples(index=False)]
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return
-    table = pd.concat(parts, ignore_index=True).sort_values(["model", "task", "config_id", "seed", "criterion"],
-                                                            kind="stable")
-    table["first_fail"] = table["first_fail"].astype("Int64")
-    # joined to the file's (now empty) frame as the horizon command joins its kept rows, so that the
-    # columns are written with the same types and a later resume leaves the file byte for byte
-    table = pd.concat([existing.iloc[:0], table], ignore_index=True)
-    atomic_write_text(path, table[list(HORIZON_COLUMNS)].to_csv(index=False))
 
 
 def _check_fits(row: Row, rows: list[Row], record: dict[str, Any], source_record: dict[str, Any],
