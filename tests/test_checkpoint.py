@@ -143,3 +143,27 @@ def test_without_a_plan_nothing_is_written_and_a_slow_cadence_skips_evaluations(
     stop_after(21)
     run_trial(hourly)
     assert not (tmp_path / checkpoint.FOLDER).exists()  # no evaluation came an hour after the start
+
+
+def test_the_sweep_tells_each_submitted_trial_where_its_checkpoint_goes(tmp_path, monkeypatch):
+    from harness.runs.sweep import Checkpointing
+
+    class Collect:
+        def __init__(self):
+            self.specs = []
+
+        def submit(self, spec):
+            self.specs.append(spec)
+
+        def drain(self):
+            return 7
+
+    monkeypatch.chdir(tmp_path)
+    inner = Collect()
+    wrapped = Checkpointing(inner, tmp_path.relative_to(tmp_path), 30.0)  # a relative folder: made absolute
+    spec = TrialSpec.build("lstm", "copy", 12, 4, TINY)
+    wrapped.submit(spec)
+    (sent,) = inner.specs
+    assert sent.key == spec.key and sent.checkpoint.every_seconds == 30.0
+    assert sent.checkpoint.path == str(tmp_path / "checkpoints" / f"lstm-copy-T12-seed4-{spec.config_id}.pt")
+    assert wrapped.drain() == 7  # everything else is the executor's own

@@ -7,6 +7,7 @@ each runs the ``harness`` command in a fresh process, so Ray starts and stops as
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,7 +45,8 @@ def harness_command(*args: str, env: dict[str, str] | None = None) -> subprocess
 SETUP_SECONDS, TIMEOUT = 6, 4
 BUILT_IN = ["lstm", "rnn"]
 RAY_SWEEP = ["--task", "recall", "--lengths", "5", "--seeds", "1", "--steps", "10", "--eval-every", "5",
-             "--eval-size", "32", "--hidden-size", "4", "--batch-size", "8", "--no-plot", "--quiet"]
+             "--eval-size", "32", "--hidden-size", "4", "--batch-size", "8", "--no-plot", "--quiet",
+             "--checkpoint-every", "0"]  # each trial saves a checkpoint at step 5, on Ray as locally
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +77,9 @@ def test_ray_gives_the_numbers_of_local_workers(ray_sweep, tmp_path):
     assert len(local_rows) == 2 and set(local_rows["status"]) == {"ok"} and set(local_rows["threads"]) == {1}
     pd.testing.assert_frame_equal(ray_rows, local_rows)  # score and loss to the last bit, threads too
     pd.testing.assert_frame_equal(ray_curves, local_curves)
+    record = json.loads((ray_out / "run.json").read_text())
+    assert record["execution"]["checkpoint_every"] == 0  # on a local Ray instance trials checkpoint
+    assert not list(ray_out.glob("checkpoints/lstm-*")) and not list(ray_out.glob("checkpoints/rnn-*"))
 
 
 def test_a_crash_or_a_timeout_on_ray_is_an_error_row_and_the_rest_finish(ray_sweep):
