@@ -273,7 +273,9 @@ def test_a_trial_stopped_mid_way_resumes_from_its_checkpoint_with_the_same_numbe
     wait_for(lambda: any((out / "checkpoints").glob("*.pt")))
     workers = workers_of(run.pid)
     run.send_signal(getattr(signal, stop))
-    run.communicate(timeout=60)
+    _, err = run.communicate(timeout=60)
+    if stop == "SIGTERM":
+        assert "1 stopped trial(s) will continue from their checkpoints" in err
     wait_for(lambda: not any(alive(w) for w in workers), timeout=15)
     assert recorded(out) == 0
     resumed = harness(*args, "--out", str(out), env={"SLEEP": "0"})
@@ -293,6 +295,26 @@ def test_a_trial_stopped_mid_way_resumes_from_its_checkpoint_with_the_same_numbe
     finished.write_bytes(b"")
     assert harness(*args, "--out", str(out)).returncode == 0  # trains nothing
     assert finished.exists() is False and stale.exists()  # only a finished trial's checkpoint is removed
+
+
+def test_a_search_stopped_during_its_first_trial_says_how_to_resume_and_continues_it(tmp_path, faulty):
+    """No trial finished yet: no summary, no horizons.csv, no "no results" error; exit 143 with the
+    resume hint; the same command continues the trial from its checkpoint."""
+    out = tmp_path / "run"
+    args = ["horizon", "--plugin", faulty, "--models", "sleeper", "--task", "adding", *TINY[2:], "--steps", "200",
+            "--eval-every", "10", "--min-length", "3", "--max-length", "3", "--checkpoint-every", "0",
+            "--workers", "1", "--out", str(out)]
+    run = start(*args, env={"SLEEP": "0.02"})
+    wait_for(lambda: any((out / "checkpoints").glob("*.pt")))
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 143, err
+    assert "error" not in err and "1 stopped trial(s) will continue from their checkpoints" in err
+    assert not (out / "horizons.csv").exists()
+    resumed = harness(*args, env={"SLEEP": "0"})
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out / "run.json").read_text())["invocations"][-1]["resumed_from_checkpoints"]
+    assert len(rows(out)) == 1 and (out / "horizons.csv").exists()
 
 
 # -- 2. two runs on one folder -----------------------------------------------------------------------------------

@@ -121,9 +121,13 @@ def _announce(plan: Any, what: str, grid: bool = True) -> None:
 
 def _finish(outcome: Any, out: Path) -> int:
     if outcome.interrupted is not None:
+        from harness.runs import checkpoint
+
         name = outcome.interrupted.args[0]
-        print(f"harness: stopped by {name}; {len(outcome.store.rows)} finished trials are saved in {out}. "
-              f"Run the same command with --out {out} to resume.", file=sys.stderr)
+        saved = len(list((out / checkpoint.FOLDER).glob("*.pt")))
+        continued = f"; {saved} stopped trial(s) will continue from their checkpoints" if saved else ""
+        print(f"harness: stopped by {name}; {len(outcome.store.rows)} finished trials are saved in {out}"
+              f"{continued}. Run the same command with --out {out} to resume.", file=sys.stderr)
         return outcome.interrupted.exit_code
     if outcome.failed:
         print(f"harness: {len(outcome.failed)} trial(s) failed: {'; '.join(outcome.failed)} "
@@ -144,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     with open_run_folder(plan) as folder:
         _announce(plan, f"{len(plan.specs)} trials")
         outcome = run_sweep(plan, folder, progress=not args.quiet)
-    print_summary(plan.out)
+    if outcome.store.rows:  # (none when stopped during the first trials)
+        print_summary(plan.out)
     if not args.no_plot and outcome.ran:
         draw_figures(plan.out)
     return _finish(outcome, plan.out)

@@ -109,8 +109,10 @@ def run_horizon(config: SweepConfig, progress: bool,
         outcome = run_sweep(plan, folder, progress, drive=drive)
         # Also when interrupted: horizons.csv then says what the finished trials show (a series still
         # searching reads as "at least its longest pass"), not what an earlier command left there.
-        write_horizons(plan.out, config.criterion)
-    _print_horizons(plan.out, config.criterion)
+        if outcome.store.rows:  # (none when stopped during the first trials)
+            write_horizons(plan.out, config.criterion)
+    if outcome.store.rows:
+        _print_horizons(plan.out, config.criterion)
     return outcome, plan.out
 
 
