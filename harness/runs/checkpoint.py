@@ -11,9 +11,9 @@ on what is saved. A checkpoint is used only by the trial it was written for, und
 version, device and thread count; anything else (or a damaged file) starts the trial over. The sweep
 deletes a trial's checkpoint once its row is written.
 
-Checkpoints live in the run folder's ``checkpoints/`` (one file per running trial, about three
-times the model's size). Trials on a remote Ray cluster do not checkpoint, since its machines need
-not share the run folder.
+Checkpoints live in the run folder's ``checkpoints/`` (one file per running trial, two to three
+times the model's size with its optimizer state). Trials on a remote Ray cluster do not
+checkpoint, since its machines need not share the run folder.
 """
 
 from __future__ import annotations

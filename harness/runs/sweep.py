@@ -31,7 +31,7 @@ from harness.runs.lock import FolderLock, check_writable
 from harness.runs.plan import SweepPlan, check_resume, row_key
 from harness.runs.schema import FINISHED
 from harness.runs.spec import TrialSpec
-from harness.runs.store import ResultStore, append_rows, write_json
+from harness.runs.store import ResultStore, append_rows, default_key, write_json
 from harness.runs.training import TrialOutcome, error_outcome
 
 GRADIENT_FILE = "gradients.csv"
@@ -199,8 +199,7 @@ class Recorder:
             if outcome.gradients:
                 append_rows(self.folder.path / GRADIENT_FILE, outcome.gradients)
             self.folder.store.add(row, outcome.curve)
-            checkpoint.remove(checkpoint.checkpoint_path(self.folder.path, (
-                row["model"], row["task"], row["length"], row["seed"], row["config_id"])))
+            checkpoint.remove(checkpoint.checkpoint_path(self.folder.path, default_key(row)))
             if outcome.status == "diverged":
                 self.bar.write(f"harness: trial {label} diverged (non-finite loss) after {row['steps']} steps")
         self.ran += 1
